@@ -1,0 +1,55 @@
+"""`mediar3d info PATH [--json OUT]`: what a CTC dataset / sequence or an OME-Zarr image holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mediar3d.io import ctc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", type=Path, help="CTC dataset folder, CTC sequence folder (<dataset>/01) or OME-Zarr image")
+    parser.add_argument("--json", type=Path, help="also write the description as JSON here")
+    parser.add_argument("--on-missing-frame", choices=["error", "skip"], default="error",
+                        help="a gap in the frame numbering stops (error) or is skipped with a warning")
+
+
+def describe(path: Path, on_gap: str = "error") -> dict:
+    """JSON-able description: kind, sequences with timepoints, GT frames and voxel size."""
+    if is_ome_zarr(path):
+        from mediar3d.io.omezarr import read_ome_zarr
+
+        image, voxel_size = read_ome_zarr(path)
+        return {"kind": "ome-zarr", "root": str(path), "shape_tzyx": list(image.shape), "dtype": str(image.dtype),
+                "voxel_size_zyx_um": list(voxel_size),
+                "sequences": {path.name: {"path": str(path), "timepoints": list(range(image.shape[0]))}}}
+    dataset = ctc.discover_dataset(path, on_gap)
+    info = {"kind": "ctc", **dataset.summary()}
+    for name, seq in dataset.sequences.items():
+        first = seq.frames[seq.timepoints[0]]
+        size = ctc.read_voxel_size(first) or ctc.dataset_voxel_size(first)
+        info["sequences"][name]["voxel_size_zyx_um"] = list(size) if size else None
+    return info
+
+
+def is_ome_zarr(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zattrs").is_file())
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.path, args.on_missing_frame)
+    if args.json:
+        from mediar3d.io.atomic import atomic_path
+
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(info, indent=1))
+    print(f"{info['kind']}: {info['root']}")
+    for name, seq in info["sequences"].items():
+        tps = seq["timepoints"]
+        gt = seq.get("gt_full", [])
+        print(f"  sequence {name}: {len(tps)} frames ({tps[0]}..{tps[-1]}), voxel size (z,y,x) um: "
+              f"{seq.get('voxel_size_zyx_um', info.get('voxel_size_zyx_um'))}, full 3D GT frames: {gt}, "
+              f"single-slice GT frames: {sorted(seq.get('gt_slices', {}))}")
+    return 0

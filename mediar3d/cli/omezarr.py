@@ -1,0 +1,56 @@
+"""`mediar3d to-omezarr --ctc SEQ [--res RES] --out OUT.zarr`: a CTC sequence (and its result masks)
+as one OME-Zarr image (t, c, z, y, x) with a `labels/cells` label image that napari opens."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from mediar3d.errors import InputError
+from mediar3d.io import ctc
+from mediar3d.io.omezarr import write_ome_zarr
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ctc", type=Path, required=True, help="CTC sequence folder (<dataset>/01)")
+    parser.add_argument("--res", type=Path, help="CTC result folder with maskTTT.tif (stored as labels/cells)")
+    parser.add_argument("--out", type=Path, required=True, help="output OME-Zarr path")
+    parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in um")
+    parser.add_argument("--on-missing-frame", choices=["error", "skip"], default="error")
+
+
+def _lazy_stack(paths: list[Path], reader, shape, dtype) -> da.Array:
+    return da.stack([da.from_delayed(dask.delayed(reader)(p), shape=shape, dtype=dtype) for p in paths])
+
+
+def sequence_to_ome_zarr(seq_dir: Path, out: Path, res_dir: Path | None = None,
+                         voxel_size=None, on_gap: str = "error") -> Path:
+    """Write the frames of a CTC sequence (and the masks of `res_dir`) to one OME-Zarr, frame by frame."""
+    seq = ctc.discover_sequence(seq_dir, on_gap)
+    tps = seq.timepoints
+    first = ctc.read_frame(seq.frames[tps[0]])
+    voxel_size = ctc.resolve_voxel_size(seq.frames[tps[0]], voxel_size)
+    image = _lazy_stack([seq.frames[t] for t in tps], ctc.read_frame, first.shape, first.dtype)
+    labels = None
+    if res_dir is not None:
+        masks = [res_dir / f"mask{t:0{seq.digits}d}.tif" for t in tps]
+        absent = [str(m) for m in masks if not m.is_file()]
+        if absent:
+            raise InputError(res_dir, f"result masks missing: {absent[:5]}")
+        read = lambda p: ctc.read_labels(p, 3, first.shape)  # noqa: E731
+        labels = {"cells": _lazy_stack(masks, read, first.shape, np.uint16)}
+    log.info("writing %d frames of %s to %s", len(tps), seq_dir, out)
+    return write_ome_zarr(out, image, voxel_size, labels=labels)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = sequence_to_ome_zarr(args.ctc, args.out, args.res, args.voxel_size, args.on_missing_frame)
+    print(f"wrote {out}")
+    return 0

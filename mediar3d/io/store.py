@@ -1,0 +1,95 @@
+"""Chunked zarr intermediates (iso volume, views, fused field, iso labels).
+
+Arrays are written into a temporary sibling and renamed into place when complete (`atomic_zarr`),
+so a killed job leaves no half-written store that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import zarr
+
+from mediar3d.errors import InputError
+from mediar3d.io.atomic import atomic_path
+
+#: Default chunk edge for (z, y, x) intermediates: 64^3 float32 = 1 MiB per chunk.
+CHUNK_EDGE = 64
+
+
+def default_chunks(shape: Sequence[int], edge: int = CHUNK_EDGE) -> tuple[int, ...]:
+    """Chunks of `edge` along the last three (z, y, x) axes and whole leading (channel) axes."""
+    lead = tuple(shape[:-3])
+    return lead + tuple(min(edge, max(1, s)) for s in shape[-3:])
+
+
+def create_array(path: str | os.PathLike, shape: Sequence[int], dtype, chunks: Sequence[int] | None = None,
+                 attrs: Mapping | None = None, fill_value=0) -> zarr.Array:
+    """Create (overwrite) a zarr array at `path` with JSON attributes `attrs`."""
+    arr = zarr.open_array(str(path), mode="w", shape=tuple(int(s) for s in shape), dtype=dtype,
+                          chunks=tuple(chunks) if chunks else default_chunks(shape), fill_value=fill_value)
+    if attrs:
+        arr.attrs.update(_jsonable(attrs))
+    return arr
+
+
+def write_array(path: str | os.PathLike, array, chunks: Sequence[int] | None = None,
+                attrs: Mapping | None = None) -> Path:
+    """Write a numpy or dask array to `path` atomically (dask arrays are stored chunk by chunk)."""
+    import dask.array as da
+
+    with atomic_zarr(path) as tmp:
+        out = create_array(tmp, array.shape, array.dtype, chunks, attrs)
+        if isinstance(array, da.Array):
+            da.store(array.rechunk(out.chunks), out, lock=False)
+        else:
+            out[...] = np.asarray(array)
+    return Path(path)
+
+
+def open_array(path: str | os.PathLike, mode: str = "r") -> zarr.Array:
+    """Open an existing zarr array; a missing or unreadable store is an InputError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "zarr store does not exist")
+    try:
+        return zarr.open_array(str(path), mode=mode)
+    except Exception as err:
+        raise InputError(path, f"not a readable zarr array ({type(err).__name__}: {err})") from err
+
+
+def open_group(path: str | os.PathLike, mode: str = "r") -> zarr.Group:
+    """Open an existing zarr group (e.g. views.zarr with arrays xy, xz, yz)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "zarr store does not exist")
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except Exception as err:
+        raise InputError(path, f"not a readable zarr group ({type(err).__name__}: {err})") from err
+
+
+@contextlib.contextmanager
+def atomic_zarr(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary store path; it replaces `path` only if the block finishes without error."""
+    with atomic_path(path) as tmp:
+        yield tmp
+
+
+def _jsonable(value):
+    """Convert numpy scalars/arrays and tuples inside attrs to plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,38 @@
+"""The `mediar3d` command: stage listing, info, and clear errors instead of tracebacks."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from mediar3d.cli import COMMANDS, main
+from mediar3d.io import ctc
+
+
+def test_help_lists_every_stage():
+    out = subprocess.run([sys.executable, "-m", "mediar3d", "--help"], capture_output=True, text=True, check=True).stdout
+    for stage in ("synth", "resample", "infer", "fuse", "reconstruct", "evaluate", "aggregate", "segment", "train"):
+        assert stage in out and stage in COMMANDS
+
+
+def test_info_describes_a_ctc_dataset(tmp_path, capsys):
+    for t in range(3):
+        ctc.write_frame(tmp_path / "ds" / "01" / f"t{t:03d}.tif", np.arange(60, dtype=np.uint16).reshape(3, 4, 5) + t, (2, 0.5, 0.5))
+    assert main(["info", str(tmp_path / "ds"), "--json", str(tmp_path / "info.json")]) == 0
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["kind"] == "ctc"
+    assert info["sequences"]["01"]["timepoints"] == [0, 1, 2]
+    assert info["sequences"]["01"]["voxel_size_zyx_um"] == [2.0, 0.5, 0.5]
+    assert "3 frames" in capsys.readouterr().out
+
+
+def test_bad_input_gives_one_line_error_not_traceback(tmp_path):
+    (tmp_path / "ds" / "01").mkdir(parents=True)
+    (tmp_path / "ds" / "01" / "t000.tif").write_bytes(b"broken")
+    (tmp_path / "ds" / "01" / "t001.tif").write_bytes(b"broken")
+    (tmp_path / "ds" / "01" / "t003.tif").write_bytes(b"broken")
+    proc = subprocess.run([sys.executable, "-m", "mediar3d", "info", str(tmp_path / "ds")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "gap in frame numbering" in proc.stderr and str(tmp_path / "ds" / "01") in proc.stderr
