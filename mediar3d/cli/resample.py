@@ -1,0 +1,97 @@
+"""`mediar3d resample`: normalize one frame and resample it to isotropic voxels (iso.zarr).
+
+The normalization percentiles and the training object diameter come from the model checkpoint's
+metadata; `--diameter` (um) or `--diameter-from-gt` (a GT label TIFF) rescales objects to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from mediar3d.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, type=Path, metavar="FRAME.tif|IMAGE.ome.zarr",
+                        help="a CTC frame tTTT.tif or an OME-Zarr image")
+    parser.add_argument("--timepoint", type=int, default=0, metavar="T", help="timepoint of an OME-Zarr image (default 0)")
+    parser.add_argument("--model", type=Path, metavar="CKPT",
+                        help="checkpoint whose metadata gives normalization percentiles and training diameter")
+    parser.add_argument("--out", required=True, type=Path, metavar="ISO.zarr", help="output zarr array")
+    parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="voxel size in um (default: from the file's metadata or dataset.json)")
+    parser.add_argument("--diameter", type=float, metavar="UM",
+                        help="typical object diameter in um: rescale so objects have the model's training diameter")
+    parser.add_argument("--diameter-from-gt", type=Path, metavar="GT.tif",
+                        help="take the diameter as the median equivalent diameter of this GT label volume")
+    parser.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="normalization percentiles (default: the checkpoint's, else 1 99.8)")
+
+
+def model_settings(model_path: Path | None) -> dict:
+    """Normalization percentiles and training diameter (px) from a checkpoint's metadata."""
+    from mediar3d.resample import DEFAULT_PERCENTILES
+
+    settings = {"percentiles": DEFAULT_PERCENTILES, "train_diameter_px": None}
+    if model_path is None:
+        return settings
+    from mediar3d.model import load_checkpoint
+
+    _, meta = load_checkpoint(model_path, "cpu")
+    meta = dict(meta or {})
+    for key in ("norm_percentiles", "normalization_percentiles", "percentiles"):
+        if meta.get(key) is not None:
+            settings["percentiles"] = tuple(float(p) for p in meta[key])
+            break
+    if meta.get("train_diameter_px"):
+        settings["train_diameter_px"] = float(meta["train_diameter_px"])
+    return settings
+
+
+def read_volume(path: Path, timepoint: int = 0, voxel_size: Sequence[float] | None = None):
+    """(volume (Z, Y, X) numpy or lazy dask, voxel size (sz, sy, sx) um) of a CTC frame or an OME-Zarr timepoint."""
+    from mediar3d.io import ctc
+
+    if path.is_dir():
+        from mediar3d.io.omezarr import read_ome_zarr
+
+        image, size = read_ome_zarr(path)
+        if not 0 <= timepoint < image.shape[0]:
+            raise InputError(path, f"timepoint {timepoint} requested, image has {image.shape[0]}")
+        size = ctc.check_voxel_size(voxel_size, "--voxel-size") if voxel_size else size
+        return image[timepoint], size
+    return ctc.read_frame(path), ctc.resolve_voxel_size(path, voxel_size)
+
+
+def resolve_diameter(args: argparse.Namespace, voxel_size) -> float | None:
+    """--diameter, or the median object diameter of --diameter-from-gt, or None."""
+    if args.diameter is not None:
+        if args.diameter <= 0:
+            raise InputError(None, f"--diameter must be positive, got {args.diameter}")
+        return float(args.diameter)
+    if args.diameter_from_gt is not None:
+        from mediar3d.io.ctc import read_labels
+        from mediar3d.resample import diameter_from_labels
+
+        return diameter_from_labels(read_labels(args.diameter_from_gt), voxel_size)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from mediar3d.resample import resample_frame
+
+    volume, voxel_size = read_volume(args.input, args.timepoint, args.voxel_size)
+    settings = model_settings(args.model)
+    percentiles = tuple(args.percentiles) if args.percentiles else settings["percentiles"]
+    diameter = resolve_diameter(args, voxel_size)
+    if diameter is not None and settings["train_diameter_px"] is None:
+        raise InputError(args.model, "--diameter needs a checkpoint (--model) that records train_diameter_px")
+    resample_frame(volume, voxel_size, args.out, percentiles=percentiles, diameter_um=diameter,
+                   train_diameter_px=settings["train_diameter_px"], source=str(args.input), timepoint=args.timepoint)
+    log.info("wrote %s", args.out)
+    return 0
