@@ -11,7 +11,6 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade "pip>=24"
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
 
@@ -24,7 +23,6 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/default
-	$(BIN)/python -m mediar3d.demo_summary results
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -e '.[test,bench]'
