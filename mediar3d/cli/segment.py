@@ -1,0 +1,169 @@
+"""`mediar3d segment INPUT --out RES_DIR`: the one-shot command (no Snakemake).
+
+INPUT is a CTC sequence folder (`<dataset>/01`) or an OME-Zarr image; RES_DIR receives one
+`maskTTT.tif` per frame (CTC result format, same shape as the frame). Every frame runs the stages
+in-process (resample -> infer -> fuse -> reconstruct -> back to the original grid) with temporary
+zarr intermediates in a temporary folder that is removed afterwards.
+
+Methods: `mediar3d` (three views fused into a 3D flow field), `xy-stitch` (xy view only, 2D masks
+stitched along z), `classical` (Otsu + distance-transform watershed, no network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from mediar3d.errors import InputError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("mediar3d", "xy-stitch", "classical")
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, metavar="INPUT", help="CTC sequence folder (<dataset>/01) or OME-Zarr image")
+    parser.add_argument("--out", required=True, type=Path, metavar="RES_DIR", help="folder for maskTTT.tif files")
+    parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="voxel size in um (default: from the files' metadata or dataset.json)")
+    parser.add_argument("--model", type=Path, metavar="CKPT", help="model checkpoint (default: the shipped one in models/)")
+    parser.add_argument("--method", choices=METHODS, default="mediar3d", help="segmentation method (default mediar3d)")
+    parser.add_argument("--diameter", type=float, metavar="UM",
+                        help="typical object diameter in um (rescales objects to the model's training diameter)")
+    parser.add_argument("--frames", type=int, nargs="+", metavar="T", help="only these timepoints (default: all)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def default_model_path() -> Path:
+    """mediar3d.model.DEFAULT_MODEL when defined, else the single checkpoint in the repository's models/."""
+    try:
+        from mediar3d.model import DEFAULT_MODEL
+    except ImportError:
+        DEFAULT_MODEL = None
+    if DEFAULT_MODEL:
+        return Path(DEFAULT_MODEL)
+    found = sorted(p for p in MODELS_DIR.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if MODELS_DIR.is_dir() else []
+    if not found:
+        raise InputError(MODELS_DIR, "no model checkpoint found: pass --model CKPT")
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# frames of the input
+
+
+def iter_frames(path: Path, voxel_size: Sequence[float] | None, frames: Sequence[int] | None = None
+                ) -> Iterator[tuple[int, str, object, tuple]]:
+    """Yield (timepoint, mask file name, volume (Z, Y, X), voxel size um) for each frame of INPUT."""
+    from mediar3d.io import ctc
+
+    wanted = None if frames is None else set(frames)
+    if _is_ome_zarr(path):
+        from mediar3d.io.omezarr import read_ome_zarr
+
+        image, size = read_ome_zarr(path)
+        size = ctc.check_voxel_size(voxel_size, "--voxel-size") if voxel_size else size
+        digits = max(3, len(str(image.shape[0] - 1)))
+        _check_wanted(path, wanted, range(image.shape[0]))
+        for t in range(image.shape[0]):
+            if wanted is None or t in wanted:
+                yield t, f"mask{t:0{digits}d}.tif", image[t], size
+        return
+    seq = ctc.discover_sequence(path)
+    _check_wanted(path, wanted, seq.timepoints)
+    for t in seq.timepoints:
+        if wanted is None or t in wanted:
+            frame = seq.frames[t]
+            yield t, seq.frame_name(t, "mask"), ctc.read_frame(frame), ctc.resolve_voxel_size(frame, voxel_size)
+
+
+def _check_wanted(path: Path, wanted, available) -> None:
+    missing = sorted(set(wanted or ()) - set(available))
+    if missing:
+        raise InputError(path, f"frames {missing} requested but not present")
+
+
+def _is_ome_zarr(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zattrs").is_file())
+
+
+# ---------------------------------------------------------------------------------------------
+# one frame
+
+
+def segment_volume(volume, voxel_size: Sequence[float], workdir: Path, *, method: str = "mediar3d",
+                   model=None, meta: dict | None = None, diameter_um: float | None = None,
+                   device: str = "auto", tta: bool = False, source: str = "", timepoint: int = 0,
+                   progress: bool = True) -> np.ndarray:
+    """Labels (uint32, the volume's shape) of one (Z, Y, X) frame; intermediates go under `workdir`."""
+    if method == "classical":
+        from mediar3d.baselines import classical_segment
+
+        return np.asarray(classical_segment(np.asarray(volume), voxel_size=voxel_size), dtype=np.uint32)
+    if method not in METHODS:
+        raise InputError(None, f"unknown method {method!r}: choose from {METHODS}")
+    from mediar3d.infer import predict_views
+    from mediar3d.resample import DEFAULT_PERCENTILES, labels_to_original, resample_frame
+
+    meta = meta or {}
+    percentiles = meta.get("norm_percentiles") or meta.get("percentiles") or DEFAULT_PERCENTILES
+    train_diameter = meta.get("train_diameter_px") if diameter_um else None
+    iso = resample_frame(volume, voxel_size, workdir / "iso.zarr", percentiles=percentiles, diameter_um=diameter_um,
+                         train_diameter_px=train_diameter, source=source, timepoint=timepoint)
+    views = ["xy"] if method == "xy-stitch" else ["xy", "xz", "yz"]
+    predict_views(iso, model, workdir / "views.zarr", views, device=device, tta=tta, progress=progress,
+                  flow_scale=meta.get("flow_scale"))
+    labels_iso = reconstruct_labels(workdir, method)
+    return labels_to_original(labels_iso, tuple(volume.shape))
+
+
+def reconstruct_labels(workdir: Path, method: str) -> np.ndarray:
+    """Iso-grid labels from workdir/views.zarr: fused 3D flows (mediar3d) or 2D xy masks stitched (xy-stitch)."""
+    from mediar3d import reconstruct
+    from mediar3d.io import store
+
+    if method == "xy-stitch":
+        return np.asarray(reconstruct.xy_stitch_from_views(store.open_group(workdir / "views.zarr")["xy"]))
+    from mediar3d.fuse import fuse_zarr
+
+    fuse_zarr(workdir / "views.zarr", workdir / "field.zarr")
+    return np.asarray(reconstruct.masks_from_field_dask(store.open_array(workdir / "field.zarr")))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from mediar3d.io.ctc import write_mask
+
+    model = meta = None
+    if args.method != "classical":
+        from mediar3d.infer import load_model, resolve_device, set_threads
+
+        set_threads(args.threads)
+        model_path = args.model or default_model_path()
+        model, meta = load_model(model_path, resolve_device(args.device))
+        if args.diameter and not meta.get("train_diameter_px"):
+            raise InputError(model_path, "--diameter needs a checkpoint that records train_diameter_px")
+    args.out.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for t, name, volume, voxel_size in iter_frames(args.input, args.voxel_size, args.frames):
+        with tempfile.TemporaryDirectory(prefix=f"mediar3d-t{t}-") as tmp:
+            labels = segment_volume(volume, voxel_size, Path(tmp), method=args.method, model=model, meta=meta,
+                                    diameter_um=args.diameter, device=args.device, tta=args.tta,
+                                    source=str(args.input), timepoint=t, progress=not args.no_progress)
+        write_mask(args.out / name, labels)
+        count += 1
+        log.info("frame %d: %d objects -> %s", t, int(labels.max()), args.out / name)
+    log.info("segmented %d frames of %s with %s into %s", count, args.input, args.method, args.out)
+    return 0

@@ -1,0 +1,273 @@
+"""Three-view inference: the 2D network on every xy, xz and yz slice of the isotropic volume.
+
+- `predict_slices` runs the model on a stack of 2D slices (N, H, W): slices larger than the tile are
+  cut into overlapping tiles blended with a Gaussian importance map, smaller ones are zero-padded to
+  a multiple of 32; tiles of all slices are batched; optional flip test-time augmentation.
+- `predict_view` streams one view of a (Z, Y, X) volume slab by slab (zarr or numpy in and out).
+- `predict_views` is the `infer` stage: iso.zarr in, views.zarr (group xy / xz / yz) out.
+
+The network outputs (flow_row, flow_col, logit) with flows x FLOW_SCALE; the views store unit-scale
+flows (divided by FLOW_SCALE) and logits, float32 (3, Z, Y, X):
+xy = (dy, dx, logit) (slices along z), xz = (dz, dx, logit) (along y), yz = (dz, dy, logit) (along x).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mediar3d.errors import InputError
+from mediar3d.model import FLOW_SCALE, SIZE_MULTIPLE
+from mediar3d.resample import slab_bounds
+
+log = logging.getLogger(__name__)
+
+#: views, the volume axis each slices along, and the flow components they give
+VIEW_AXIS: dict[str, int] = {"xy": 0, "xz": 1, "yz": 2}
+VIEW_COMPONENTS: dict[str, tuple[str, str]] = {"xy": ("dy", "dx"), "xz": ("dz", "dx"), "yz": ("dz", "dy")}
+VIEWS: tuple[str, ...] = ("xy", "xz", "yz")
+#: voxels of one input slab streamed through `predict_view`
+SLAB_VOXELS = 1 << 22
+#: Gaussian sigma of the tile importance map, as a fraction of the tile size
+SIGMA_FRACTION = 0.125
+
+
+# ---------------------------------------------------------------------------------------------
+# device and model
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without CUDA is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda requested but CUDA is not available")
+    return torch.device(device)
+
+
+def load_model(path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The checkpoint's model (eval mode, on `device`) and its metadata."""
+    from mediar3d.model import load_checkpoint
+
+    model, meta = load_checkpoint(path, device)
+    return model.to(device).eval(), dict(meta or {})
+
+
+def set_threads(threads: int | None) -> None:
+    """Limit torch's CPU threads (None keeps torch's default)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+# ---------------------------------------------------------------------------------------------
+# tiling
+
+
+def round_up(n: int, multiple: int = SIZE_MULTIPLE) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles of size `tile` covering [0, length) with at least `overlap` (fraction)
+    overlap, evenly spread, the last ending exactly at `length`. One tile at 0 when length <= tile."""
+    if length <= tile:
+        return [0]
+    stride = max(1, int(tile * (1.0 - overlap)))
+    n_tiles = int(math.ceil((length - tile) / stride)) + 1
+    return [int(round(s)) for s in np.linspace(0, length - tile, n_tiles)]
+
+
+def importance_map(tile_h: int, tile_w: int, blend_h: bool = True, blend_w: bool = True) -> np.ndarray:
+    """(tile_h, tile_w) float32 Gaussian weights peaking at the centre (sigma = tile / 8), max 1.
+    An axis with a single tile (blend_* False) gets uniform weights."""
+    def axis(n: int, blend: bool) -> np.ndarray:
+        if not blend:
+            return np.ones(n, dtype=np.float32)
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        g = np.exp(-0.5 * (x / (SIGMA_FRACTION * n)) ** 2)
+        return np.maximum(g / g.max(), 1e-4).astype(np.float32)
+
+    return np.outer(axis(tile_h, blend_h), axis(tile_w, blend_w))
+
+
+def plane_tiling(height: int, width: int, tile: int, overlap: float):
+    """Tile size, padded plane size and tile starts for an (H, W) slice.
+
+    Returns (tile_h, tile_w, padded_h, padded_w, starts_h, starts_w).
+    """
+    if tile % SIZE_MULTIPLE:
+        raise ValueError(f"tile must be a multiple of {SIZE_MULTIPLE}, got {tile}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must lie in [0, 1), got {overlap}")
+    tile_h, tile_w = min(tile, round_up(height)), min(tile, round_up(width))
+    padded_h, padded_w = max(height, tile_h), max(width, tile_w)
+    return (tile_h, tile_w, padded_h, padded_w,
+            tile_starts(padded_h, tile_h, overlap), tile_starts(padded_w, tile_w, overlap))
+
+
+# ---------------------------------------------------------------------------------------------
+# running the network
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _forward_tta(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Model output (B, 3, H, W); with `tta` the mean over the 4 flips, flows sign-corrected."""
+    if not tta:
+        return model(x).float()
+    total = None
+    for dims in ((), (3,), (2,), (2, 3)):
+        y = model(torch.flip(x, dims) if dims else x).float()
+        if dims:
+            y = torch.flip(y, dims)
+            sign = torch.ones(3, device=y.device, dtype=y.dtype)
+            if 2 in dims:
+                sign[0] = -1.0  # flow along rows flips with the rows
+            if 3 in dims:
+                sign[1] = -1.0
+            y = y * sign.view(1, 3, 1, 1)
+        total = y if total is None else total + y
+    return total / 4.0
+
+
+def run_batch(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, tta: bool = False,
+              flow_scale: float = FLOW_SCALE) -> np.ndarray:
+    """(B, H, W) float32 tiles -> (B, 3, H, W) float32 (flows / flow_scale, logit); H, W multiples of 32."""
+    x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)[:, None]).to(device)
+    with torch.inference_mode(), _autocast(device):
+        y = _forward_tta(model, x, tta)
+    if y.ndim != 4 or y.shape[1] != 3 or tuple(y.shape[2:]) != tuple(tiles.shape[1:]):
+        raise ValueError(f"model output {tuple(y.shape)} for input {tuple(x.shape)}: expected (B, 3, H, W)")
+    y = y.cpu().numpy()
+    y[:, :2] /= flow_scale
+    return y
+
+
+def predict_slices(model: torch.nn.Module, slices: np.ndarray, tile: int = 256, overlap: float = 0.25,
+                   batch: int = 8, tta: bool = False, device: torch.device | str = "cpu",
+                   progress: tqdm | None = None, flow_scale: float = FLOW_SCALE) -> np.ndarray:
+    """Network prediction for a stack of 2D slices (N, H, W) float32 -> (N, 3, H, W) float32
+    (flow_row, flow_col unit-scale; logit). Tiles of all slices are batched `batch` at a time."""
+    slices = np.asarray(slices, dtype=np.float32)
+    if slices.ndim != 3:
+        raise ValueError(f"predict_slices expects (N, H, W), got shape {slices.shape}")
+    device = resolve_device(device)
+    n, height, width = slices.shape
+    tile_h, tile_w, pad_h, pad_w, starts_h, starts_w = plane_tiling(height, width, tile, overlap)
+    padded = np.zeros((n, pad_h, pad_w), dtype=np.float32)
+    padded[:, :height, :width] = slices
+    weight = importance_map(tile_h, tile_w, len(starts_h) > 1, len(starts_w) > 1)
+    weight_sum = np.zeros((pad_h, pad_w), dtype=np.float32)
+    for i in starts_h:
+        for j in starts_w:
+            weight_sum[i:i + tile_h, j:j + tile_w] += weight
+    out = np.zeros((n, 3, pad_h, pad_w), dtype=np.float32)
+    jobs = [(k, i, j) for k in range(n) for i in starts_h for j in starts_w]
+    for b0 in range(0, len(jobs), batch):
+        chunk = jobs[b0:b0 + batch]
+        tiles = np.stack([padded[k, i:i + tile_h, j:j + tile_w] for k, i, j in chunk])
+        pred = run_batch(model, tiles, device, tta, flow_scale)
+        for (k, i, j), p in zip(chunk, pred):
+            out[k, :, i:i + tile_h, j:j + tile_w] += p * weight
+        if progress is not None:
+            progress.update(sum(1 for _, i, j in chunk if i == starts_h[-1] and j == starts_w[-1]))
+    out /= weight_sum
+    return out[:, :, :height, :width]
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming views
+
+
+def _slab_index(axis: int, start: int, stop: int) -> tuple[slice, ...]:
+    index = [slice(None)] * 3
+    index[axis] = slice(start, stop)
+    return tuple(index)
+
+
+def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = 256, overlap: float = 0.25,
+                 batch: int = 8, tta: bool = False, device: torch.device | str = "cpu",
+                 slab_voxels: int = SLAB_VOXELS, progress: bool = True, flow_scale: float = FLOW_SCALE) -> None:
+    """Predict every slice of one view of a (Z, Y, X) volume into `out` (3, Z, Y, X) (zarr or numpy).
+
+    The volume is read and `out` written one slab of slices at a time (<= `slab_voxels` input
+    voxels, thickness aligned to `out`'s chunks when it has them), so memory is bounded by one slab.
+    """
+    if view not in VIEW_AXIS:
+        raise ValueError(f"unknown view {view!r}: choose from {VIEWS}")
+    if tuple(out.shape) != (3, *volume.shape):
+        raise ValueError(f"output shape {tuple(out.shape)} does not match (3, *{tuple(volume.shape)})")
+    axis = VIEW_AXIS[view]
+    plane = int(np.prod([s for a, s in enumerate(volume.shape) if a != axis]))
+    align = int(out.chunks[1 + axis]) if hasattr(out, "chunks") else 1
+    bounds = slab_bounds(volume.shape[axis], plane, slab_voxels, align)
+    bar = tqdm(total=volume.shape[axis], desc=f"infer {view}", unit="slice", disable=not progress, leave=False)
+    with bar:
+        for start, stop in bounds:
+            index = _slab_index(axis, start, stop)
+            slab = np.moveaxis(np.asarray(volume[index], dtype=np.float32), axis, 0)
+            pred = predict_slices(model, slab, tile, overlap, batch, tta, device, progress=bar, flow_scale=flow_scale)
+            out[(slice(None),) + index] = np.moveaxis(pred.transpose(1, 0, 2, 3), 1, 1 + axis)
+    log.info("view %s: %d slices in %d slabs", view, volume.shape[axis], len(bounds))
+
+
+def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os.PathLike, out_path: str | os.PathLike,
+                  views: Sequence[str] = VIEWS, *, tile: int = 256, overlap: float = 0.25, batch: int = 8,
+                  tta: bool = False, device: str | torch.device = "auto", threads: int | None = None,
+                  slab_voxels: int = SLAB_VOXELS, model_name: str | None = None, progress: bool = True,
+                  flow_scale: float | None = None) -> Path:
+    """The `infer` stage: iso.zarr (Z, Y, X) -> views.zarr group with float32 (3, Z, Y, X) arrays
+    named by `views`, written atomically. `model` is a module or a checkpoint path; `flow_scale`
+    defaults to the checkpoint's (else mediar3d.model.FLOW_SCALE)."""
+    from mediar3d.io import store
+
+    views = list(dict.fromkeys(views))
+    unknown = [v for v in views if v not in VIEW_AXIS]
+    if unknown or not views:
+        raise InputError(None, f"views must be some of {VIEWS}, got {list(views)}")
+    set_threads(threads)
+    device = resolve_device(device)
+    if not isinstance(model, torch.nn.Module):
+        model_name = model_name or str(model)
+        model, meta = load_model(model, device)
+        flow_scale = flow_scale or meta.get("flow_scale")
+    flow_scale = float(flow_scale or FLOW_SCALE)
+    model = model.to(device).eval()
+    iso = store.open_array(iso_path)
+    if iso.ndim != 3:
+        raise InputError(iso_path, f"expected a (Z, Y, X) iso volume, got shape {iso.shape}")
+    attrs = {**dict(iso.attrs), "model": str(model_name or type(model).__name__), "views": views}
+    with store.atomic_zarr(out_path) as tmp:
+        group = _create_views_group(tmp, iso.shape, views, attrs)
+        for view in views:
+            predict_view(model, iso, view, group[view], tile=tile, overlap=overlap, batch=batch, tta=tta,
+                         device=device, slab_voxels=slab_voxels, progress=progress, flow_scale=flow_scale)
+    return Path(out_path)
+
+
+def _create_views_group(path: Path, shape: Sequence[int], views: Sequence[str], attrs: Mapping):
+    import zarr
+
+    from mediar3d.io.store import default_chunks
+
+    group = zarr.open_group(str(path), mode="w")
+    group.attrs.update(dict(attrs))
+    full = (3, *shape)
+    for view in views:
+        array = group.create_array(view, shape=full, chunks=default_chunks(full), dtype="float32", fill_value=0.0)
+        array.attrs.update({"components": [*VIEW_COMPONENTS[view], "logit"], "slice_axis": "zyx"[VIEW_AXIS[view]]})
+    return group

@@ -1,0 +1,122 @@
+"""Tiling + Gaussian blending, flip TTA, view axis order and slab streaming of `mediar3d.infer`,
+with stand-in networks whose output is a known function of the input."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+
+from mediar3d import infer
+from mediar3d.io import store
+
+torch.set_num_threads(1)
+SCALE = infer.FLOW_SCALE
+
+
+class Pointwise(torch.nn.Module):
+    """(B,1,H,W) -> (B,3,H,W) = (2x, -3x, x + 1) * (FLOW_SCALE, FLOW_SCALE, 1): no spatial context."""
+
+    def forward(self, x):
+        return torch.cat([2 * SCALE * x, -3 * SCALE * x, x + 1], dim=1)
+
+
+class Gradient(torch.nn.Module):
+    """Flows = FLOW_SCALE x central differences along rows / columns (zero padding), logit = x."""
+
+    def forward(self, x):
+        k_row = torch.tensor([[0, -0.5, 0], [0, 0, 0], [0, 0.5, 0]], dtype=x.dtype).view(1, 1, 3, 3)
+        k_col = k_row.transpose(2, 3)
+        return torch.cat([SCALE * F.conv2d(x, k_row, padding=1), SCALE * F.conv2d(x, k_col, padding=1), x], dim=1)
+
+
+def test_tile_starts_cover_with_overlap():
+    for length in (256, 257, 300, 700, 1000):
+        starts = infer.tile_starts(length, 256, 0.25)
+        assert starts[0] == 0 and starts[-1] + 256 == length or length <= 256
+        gaps = np.diff(starts)
+        assert np.all(gaps <= 192)  # at least 25% overlap
+    assert infer.tile_starts(100, 256, 0.25) == [0]
+    tile_h, tile_w, pad_h, pad_w, sh, sw = infer.plane_tiling(40, 300, 256, 0.25)
+    assert (tile_h, pad_h, sh) == (64, 64, [0]) and tile_w == 256 and pad_w == 300 and len(sw) == 2
+
+
+def test_importance_map_peaks_in_centre():
+    w = infer.importance_map(64, 64)
+    assert w.shape == (64, 64) and w.max() == pytest.approx(1.0, abs=1e-3)
+    assert w[32, 32] > 10 * w[0, 0] > 0
+    assert np.all(infer.importance_map(32, 64, blend_h=False)[:, 5] == infer.importance_map(32, 64, blend_h=False)[0, 5])
+
+
+def test_tiled_equals_untiled_for_pointwise_model():
+    rng = np.random.default_rng(0)
+    slices = rng.random((3, 150, 170)).astype(np.float32)
+    tiled = infer.predict_slices(Pointwise(), slices, tile=64, overlap=0.25, batch=5)
+    whole = infer.predict_slices(Pointwise(), slices, tile=256, batch=1)
+    assert tiled.shape == (3, 3, 150, 170)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    np.testing.assert_allclose(tiled[:, 0], 2 * slices, atol=1e-5)  # flows divided by FLOW_SCALE
+    np.testing.assert_allclose(tiled[:, 1], -3 * slices, atol=1e-5)
+    np.testing.assert_allclose(tiled[:, 2], slices + 1, atol=1e-5)
+
+
+def test_tiling_blends_context_model_close_to_untiled():
+    yy, xx = np.mgrid[:200, :230]
+    slices = (np.sin(yy / 9.0) + np.cos(xx / 7.0)).astype(np.float32)[None]
+    tiled = infer.predict_slices(Gradient(), slices, tile=64, overlap=0.5)
+    whole = infer.predict_slices(Gradient(), slices, tile=256)
+    inner = np.s_[:, :, 2:-2, 2:-2]
+    # zero-padding artefacts at tile borders get low Gaussian weight
+    assert np.abs(tiled[inner] - whole[inner]).max() < 0.02
+
+
+def test_flip_tta_corrects_flow_signs():
+    rng = np.random.default_rng(1)
+    slices = rng.random((2, 40, 50)).astype(np.float32)
+    plain = infer.predict_slices(Gradient(), slices, tile=256)
+    tta = infer.predict_slices(Gradient(), slices, tile=256, tta=True)
+    np.testing.assert_allclose(tta, plain, atol=1e-5)
+    assert np.abs(plain[:, :2]).mean() > 0.05
+
+
+def _linear_volume(shape=(20, 24, 28)):
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+    return (0.2 * zz + 0.3 * yy + 0.5 * xx).astype(np.float32)
+
+
+def test_views_give_gradients_in_zyx_order():
+    vol = _linear_volume()
+    inner = np.s_[1:-1, 1:-1, 1:-1]
+    expect = {"xy": (0.3, 0.5), "xz": (0.2, 0.5), "yz": (0.2, 0.3)}
+    for view, (first, second) in expect.items():
+        out = np.zeros((3, *vol.shape), np.float32)
+        infer.predict_view(Gradient(), vol, view, out, progress=False)
+        np.testing.assert_allclose(out[0][inner], first, atol=1e-5)
+        np.testing.assert_allclose(out[1][inner], second, atol=1e-5)
+        np.testing.assert_allclose(out[2], vol, atol=1e-5)
+
+
+def test_predict_views_streams_slabs_to_zarr(tmp_path):
+    vol = _linear_volume((21, 18, 35))
+    store.write_array(tmp_path / "iso.zarr", vol, chunks=(8, 8, 8), attrs={"original_shape": [7, 18, 35]})
+    small = infer.predict_views(tmp_path / "iso.zarr", Gradient(), tmp_path / "a.zarr", slab_voxels=300,
+                                device="cpu", progress=False)
+    large = infer.predict_views(tmp_path / "iso.zarr", Gradient(), tmp_path / "b.zarr", device="cpu", progress=False)
+    ga, gb = zarr.open_group(str(small)), zarr.open_group(str(large))
+    for view in infer.VIEWS:
+        assert ga[view].shape == (3, 21, 18, 35) and ga[view].dtype == np.float32
+        np.testing.assert_allclose(ga[view][:], gb[view][:], atol=1e-6)
+    assert ga.attrs["original_shape"] == [7, 18, 35] and "model" in ga.attrs
+
+
+def test_xy_only_views(tmp_path):
+    store.write_array(tmp_path / "iso.zarr", _linear_volume((8, 16, 16)))
+    out = infer.predict_views(tmp_path / "iso.zarr", Pointwise(), tmp_path / "v.zarr", ["xy"], progress=False)
+    group = zarr.open_group(str(out))
+    assert sorted(group.array_keys()) == ["xy"]
+
+
+def test_unknown_view_rejected(tmp_path):
+    store.write_array(tmp_path / "iso.zarr", _linear_volume((8, 16, 16)))
+    with pytest.raises(ValueError):
+        infer.predict_views(tmp_path / "iso.zarr", Pointwise(), tmp_path / "v.zarr", ["zz"], progress=False)

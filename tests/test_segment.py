@@ -1,0 +1,119 @@
+"""`mediar3d resample | infer | fuse` and the one-shot `mediar3d segment` end to end on tiny data
+with an untrained network (checks files, shapes and attrs, not segmentation quality)."""
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from mediar3d.cli import main
+from mediar3d.io import ctc, store
+from mediar3d.io.omezarr import write_ome_zarr
+
+VOXEL = (2.0, 1.0, 1.0)
+SHAPE = (6, 32, 40)
+
+
+def _frames(n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    frames = []
+    for t in range(n):
+        vol = 100 + 20 * rng.random(SHAPE)
+        for cz, cy, cx in [(3, 10, 12 + t), (3, 22, 28)]:
+            vol += 800 * (((zz - cz) * 2) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 < 36)
+        frames.append(vol.astype(np.uint16))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from mediar3d.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "untrained.pt"
+    save_checkpoint(path, build_model("mit_b0"), {"train_diameter_px": 12.0})
+    return path
+
+
+@pytest.fixture()
+def ctc_sequence(tmp_path):
+    seq = tmp_path / "ds" / "01"
+    for t, vol in enumerate(_frames()):
+        ctc.write_frame(seq / f"t{t:03d}.tif", vol, VOXEL)
+    return seq
+
+
+def _run(*argv) -> int:
+    torch.set_num_threads(1)
+    return main([*map(str, argv)])
+
+
+def test_stage_commands_chain(ctc_sequence, checkpoint, tmp_path):
+    frame = ctc_sequence / "t000.tif"
+    assert _run("resample", "--input", frame, "--model", checkpoint, "--out", tmp_path / "iso.zarr") == 0
+    iso = store.open_array(tmp_path / "iso.zarr")
+    assert iso.shape == (12, 32, 40) and iso.attrs["original_shape"] == list(SHAPE)
+    assert _run("infer", "--input", tmp_path / "iso.zarr", "--model", checkpoint, "--out", tmp_path / "views.zarr",
+                "--device", "cpu", "--threads", "1", "--tile", "32", "--no-progress") == 0
+    views = store.open_group(tmp_path / "views.zarr")
+    assert {v: views[v].shape for v in ("xy", "xz", "yz")} == {v: (3, 12, 32, 40) for v in ("xy", "xz", "yz")}
+    assert views.attrs["original_shape"] == list(SHAPE)
+    assert _run("fuse", "--input", tmp_path / "views.zarr", "--out", tmp_path / "field.zarr") == 0
+    field = store.open_array(tmp_path / "field.zarr")
+    assert field.shape == (4, 12, 32, 40) and field.attrs["zoom"] == [2.0, 1.0, 1.0]
+    prob = field[3]
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+
+
+def test_infer_xy_only(ctc_sequence, checkpoint, tmp_path):
+    _run("resample", "--input", ctc_sequence / "t001.tif", "--out", tmp_path / "iso.zarr")
+    assert _run("infer", "--input", tmp_path / "iso.zarr", "--model", checkpoint, "--out", tmp_path / "v.zarr",
+                "--views", "xy", "--device", "cpu", "--no-progress") == 0
+    assert sorted(store.open_group(tmp_path / "v.zarr").array_keys()) == ["xy"]
+    assert _run("fuse", "--input", tmp_path / "v.zarr", "--out", tmp_path / "f.zarr") == 1  # clear error
+
+
+def test_resample_ome_zarr_timepoint_with_diameter_from_gt(checkpoint, tmp_path):
+    from mediar3d.resample import diameter_from_labels
+
+    image = np.stack(_frames(2, seed=2))
+    write_ome_zarr(tmp_path / "img.ome.zarr", image, VOXEL)
+    gt = np.zeros(SHAPE, np.uint16)
+    gt[2:5, 8:16, 8:16] = 1
+    ctc.write_mask(tmp_path / "gt.tif", gt)
+    assert _run("resample", "--input", tmp_path / "img.ome.zarr", "--timepoint", 1, "--model", checkpoint,
+                "--diameter-from-gt", tmp_path / "gt.tif", "--out", tmp_path / "iso.zarr") == 0
+    iso = store.open_array(tmp_path / "iso.zarr")
+    diameter = diameter_from_labels(gt, VOXEL)
+    assert iso.attrs["timepoint"] == 1
+    assert iso.attrs["iso_voxel_um"] == pytest.approx(diameter / 12.0)  # checkpoint trained at 12 px
+    assert iso.attrs["zoom"] == pytest.approx([v * 12.0 / diameter for v in VOXEL])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mediar3d", "xy-stitch", "classical"])
+def test_segment_ctc_sequence_writes_one_mask_per_frame(ctc_sequence, checkpoint, tmp_path, method):
+    res = tmp_path / "01_RES"
+    assert _run("segment", ctc_sequence, "--out", res, "--model", checkpoint, "--method", method,
+                "--device", "cpu", "--no-progress") == 0
+    assert sorted(p.name for p in res.iterdir()) == ["mask000.tif", "mask001.tif"]
+    for p in res.iterdir():
+        mask = tifffile.imread(p)
+        assert mask.shape == SHAPE and mask.dtype == np.uint16
+
+
+@pytest.mark.slow
+def test_segment_ome_zarr_with_voxel_size_override(checkpoint, tmp_path):
+    image = np.stack(_frames(2, seed=1))
+    write_ome_zarr(tmp_path / "img.ome.zarr", image, (1.0, 1.0, 1.0))
+    res = tmp_path / "res"
+    assert _run("segment", tmp_path / "img.ome.zarr", "--out", res, "--model", checkpoint, "--voxel-size", *VOXEL,
+                "--frames", 1, "--device", "cpu", "--no-progress") == 0
+    assert [p.name for p in res.iterdir()] == ["mask001.tif"]
+    assert tifffile.imread(res / "mask001.tif").shape == SHAPE
+
+
+def test_segment_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert _run("segment", tmp_path / "nowhere", "--out", tmp_path / "res", "--method", "classical") == 1
+    assert "nowhere" in capsys.readouterr().err
