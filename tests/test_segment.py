@@ -4,6 +4,8 @@ with an untrained network (checks files, shapes and attrs, not segmentation qual
 import numpy as np
 import pytest
 import tifffile
+
+from mediar3d.io.ctc import read_tracks
 import torch
 
 from mediar3d.cli import main
@@ -97,8 +99,11 @@ def test_segment_ctc_sequence_writes_one_mask_per_frame(ctc_sequence, checkpoint
     res = tmp_path / "01_RES"
     assert _run("segment", ctc_sequence, "--out", res, "--model", checkpoint, "--method", method,
                 "--device", "cpu", "--no-progress") == 0
-    assert sorted(p.name for p in res.iterdir()) == ["mask000.tif", "mask001.tif"]
-    for p in res.iterdir():
+    assert sorted(p.name for p in res.iterdir()) == ["mask000.tif", "mask001.tif", "res_track.txt"]
+    tracks = read_tracks(res / "res_track.txt")  # a valid CTC result: every object is a track
+    ids = set(np.unique(tifffile.imread(res / "mask000.tif"))) | set(np.unique(tifffile.imread(res / "mask001.tif")))
+    assert set(tracks[:, 0]) == ids - {0}
+    for p in res.glob("mask*.tif"):
         mask = tifffile.imread(p)
         assert mask.shape == SHAPE and mask.dtype == np.uint16
 
@@ -110,7 +115,7 @@ def test_segment_ome_zarr_with_voxel_size_override(checkpoint, tmp_path):
     res = tmp_path / "res"
     assert _run("segment", tmp_path / "img.ome.zarr", "--out", res, "--model", checkpoint, "--voxel-size", *VOXEL,
                 "--frames", 1, "--device", "cpu", "--no-progress") == 0
-    assert [p.name for p in res.iterdir()] == ["mask001.tif"]
+    assert sorted(p.name for p in res.iterdir()) == ["mask001.tif", "res_track.txt"]
     assert tifffile.imread(res / "mask001.tif").shape == SHAPE
 
 

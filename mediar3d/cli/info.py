@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mediar3d.io import ctc
+from mediar3d.io.omezarr import is_ome_zarr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,10 +33,6 @@ def describe(path: Path, on_gap: str = "error") -> dict:
         size = ctc.read_voxel_size(first) or ctc.dataset_voxel_size(first)
         info["sequences"][name]["voxel_size_zyx_um"] = list(size) if size else None
     return info
-
-
-def is_ome_zarr(path: Path) -> bool:
-    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zattrs").is_file())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mediar3d.errors import InputError
+from mediar3d.io.omezarr import is_ome_zarr
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def iter_frames(path: Path, voxel_size: Sequence[float] | None, frames: Sequence
     from mediar3d.io import ctc
 
     wanted = None if frames is None else set(frames)
-    if _is_ome_zarr(path):
+    if is_ome_zarr(path):
         from mediar3d.io.omezarr import read_ome_zarr
 
         image, size = read_ome_zarr(path)
@@ -91,10 +92,6 @@ def _check_wanted(path: Path, wanted, available) -> None:
     missing = sorted(set(wanted or ()) - set(available))
     if missing:
         raise InputError(path, f"frames {missing} requested but not present")
-
-
-def _is_ome_zarr(path: Path) -> bool:
-    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zattrs").is_file())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +142,7 @@ def reconstruct_labels(workdir: Path, method: str) -> np.ndarray:
 
 def run(args: argparse.Namespace) -> int:
     from mediar3d.io.ctc import write_mask
+    from mediar3d.tracking import track_res_folder
 
     model = meta = None
     if args.method != "classical":
@@ -166,4 +164,6 @@ def run(args: argparse.Namespace) -> int:
         count += 1
         log.info("frame %d: %d objects -> %s", t, int(labels.max()), args.out / name)
     log.info("segmented %d frames of %s with %s into %s", count, args.input, args.method, args.out)
+    tracks = track_res_folder(args.out)
+    log.info("linked objects over time: %s (a valid CTC result folder)", tracks)
     return 0

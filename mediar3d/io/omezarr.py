@@ -75,6 +75,12 @@ def write_ome_zarr(path: str | os.PathLike, image, voxel_size: Iterable[float],
     return Path(path)
 
 
+def is_ome_zarr(path: str | os.PathLike) -> bool:
+    """True if `path` is a zarr group (v2 or v3) rather than, e.g., a CTC folder."""
+    path = Path(path)
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zattrs").is_file())
+
+
 def _multiscales(group: zarr.Group, path: Path) -> dict:
     attrs = dict(group.attrs)
     ms = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
