@@ -36,3 +36,14 @@ def test_bad_input_gives_one_line_error_not_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "gap in frame numbering" in proc.stderr and str(tmp_path / "ds" / "01") in proc.stderr
+
+
+def test_track_makes_a_valid_res_folder(tmp_path):
+    masks = tmp_path / "masks"
+    for t in range(2):
+        lab = np.zeros((2, 6, 6), np.uint16)
+        lab[:, 1:4, 1:4] = 5 + t  # the same object, a different id in each frame
+        ctc.write_mask(masks / f"mask{t:03d}.tif", lab)
+    assert main(["track", "--res", str(masks), "--out", str(tmp_path / "01_RES")]) == 0
+    tracks = ctc.read_tracks(tmp_path / "01_RES" / "res_track.txt")
+    assert tracks.tolist() == [[1, 0, 1, 0]]

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fuse": ("fuse", "fuse the three views into one (dz, dy, dx, prob) flow field (zarr)"),
     "reconstruct": ("reconstruct", "follow the 3D flows to instance masks (dask-parallel)"),
     "segment": ("segment", "one-shot: segment a CTC sequence or OME-Zarr into CTC masks"),
+    "track": ("track", "link the masks of a result folder over time into a valid CTC RES folder"),
     "evaluate": ("evaluate", "score CTC result masks against CTC ground truth"),
     "aggregate": ("aggregate", "tables, plots and an HTML report across timepoints"),
 }

@@ -1,0 +1,19 @@
+# fuse: the three views into one (dz, dy, dx, prob) flow field (field.zarr).
+
+
+rule fuse:
+    input:
+        VIEWS,
+    output:
+        intermediate(FIELD),
+    log:
+        f"{LOGS}/fuse/{FRAME_LOG}.log",
+    benchmark:
+        f"{BENCH}/fuse/{FRAME_LOG}.tsv"
+    threads: RES["fuse"]["threads"]
+    resources:
+        **resources_of("fuse"),
+    conda:
+        ENV
+    shell:
+        "mediar3d fuse --input {input} --out {output} > {log} 2>&1"

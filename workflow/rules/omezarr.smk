@@ -1,0 +1,26 @@
+# omezarr: one OME-Zarr per CTC sequence with the image and the result masks under labels/cells.
+
+
+rule omezarr:
+    input:
+        res=lambda w: res_output(w.dataset, w.sequence),
+        frames=sequence_frames,
+    output:
+        directory(OME_ZARR),
+    params:
+        sequence_dir=lambda w: str(sequence_dir(w.dataset, w.sequence)),
+        res_dir=lambda w: RES_DIR.format(dataset=w.dataset, sequence=w.sequence),
+        voxel_size=lambda w: option("--voxel-size", DATASETS[w.dataset]["voxel_size"]),
+        on_missing_frame=config["on_missing_frame"],
+    log:
+        f"{LOGS}/omezarr/{{dataset}}/{{sequence}}.log",
+    benchmark:
+        f"{BENCH}/omezarr/{{dataset}}/{{sequence}}.tsv"
+    threads: RES["omezarr"]["threads"]
+    resources:
+        **resources_of("omezarr"),
+    conda:
+        ENV
+    shell:
+        "mediar3d to-omezarr --ctc {params.sequence_dir} --res {params.res_dir} --out {output}"
+        " {params.voxel_size} --on-missing-frame {params.on_missing_frame} > {log} 2>&1"

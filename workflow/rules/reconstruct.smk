@@ -1,0 +1,30 @@
+# reconstruct: instance masks from the fused field (mediar3d), the xy view (xy-stitch) or the iso
+# volume (classical), mapped back to the frame's original grid (CTC maskTTT.tif, uint16).
+
+RECONSTRUCT = config["reconstruct"]
+RECONSTRUCT_INPUT = {"mediar3d": FIELD, "xy-stitch": VIEWS, "classical": ISO}[METHOD]
+
+
+rule reconstruct:
+    input:
+        RECONSTRUCT_INPUT,
+    output:
+        MASK,
+    params:
+        method=METHOD,
+        prob_threshold=RECONSTRUCT["prob_threshold"],
+        options=" ".join(filter(None, [option("--min-size", RECONSTRUCT["min_size"]),
+                                       option("--diameter-px", RECONSTRUCT["diameter_px"]),
+                                       option("--block", RECONSTRUCT["block"])])),
+    log:
+        f"{LOGS}/reconstruct/{FRAME_LOG}.log",
+    benchmark:
+        f"{BENCH}/reconstruct/{FRAME_LOG}.tsv"
+    threads: RES["reconstruct"]["threads"]
+    resources:
+        **resources_of("reconstruct"),
+    conda:
+        ENV
+    shell:
+        "mediar3d reconstruct --input {input} --out {output} --method {params.method}"
+        " --prob-threshold {params.prob_threshold} {params.options} --workers {threads} > {log} 2>&1"

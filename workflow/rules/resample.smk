@@ -1,0 +1,24 @@
+# resample: normalize one frame and resample it to isotropic voxels (iso.zarr).
+
+
+rule resample:
+    input:
+        frame=frame_input,
+        model=[MODEL] if MODEL else [],
+    output:
+        intermediate(ISO),
+    params:
+        timepoint=lambda w: int(w.timepoint),
+        options=resample_options,
+    log:
+        f"{LOGS}/resample/{FRAME_LOG}.log",
+    benchmark:
+        f"{BENCH}/resample/{FRAME_LOG}.tsv"
+    threads: RES["resample"]["threads"]
+    resources:
+        **resources_of("resample"),
+    conda:
+        ENV
+    shell:
+        "mediar3d resample --input {input.frame} --timepoint {params.timepoint} --out {output} {params.options}"
+        " > {log} 2>&1"

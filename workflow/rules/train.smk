@@ -1,0 +1,35 @@
+# train: train the 2D network on annotated CTC datasets (xy, xz and yz slices of every volume). Not
+# part of the default target: `snakemake --cores all train` (settings under `train:` in the config).
+
+TRAIN = config["train"]
+
+
+rule train:
+    input:
+        data=TRAIN["data"],
+        val_data=TRAIN["val_data"],
+    output:
+        TRAIN["out"],
+    params:
+        encoder=TRAIN["encoder"],
+        epochs=TRAIN["epochs"],
+        seed=TRAIN["seed"],
+        device=config["device"],
+        options=" ".join(filter(None, [option("--val-data", TRAIN["val_data"] or None),
+                                       option("--steps-per-epoch", TRAIN["steps_per_epoch"]),
+                                       option("--batch", TRAIN["batch"]), option("--crop", TRAIN["crop"]),
+                                       option("--max-minutes", TRAIN["max_minutes"])])),
+    log:
+        f"{LOGS}/train/train.log",
+    benchmark:
+        f"{BENCH}/train/train.tsv"
+    threads: RES["train"]["threads"]
+    resources:
+        **resources_of("train"),
+        gpu=GPUS,
+    conda:
+        ENV
+    shell:
+        "mediar3d train --data {input.data} --out {output} --encoder {params.encoder} --epochs {params.epochs}"
+        " --seed {params.seed} --device {params.device} --threads {threads} {params.options} --no-progress"
+        " > {log} 2>&1"
