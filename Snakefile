@@ -6,7 +6,7 @@
 
 Per timepoint: resample -> infer -> fuse -> reconstruct -> evaluate; per sequence: track (CTC
 RES folder) and an OME-Zarr; then aggregate (per dataset) and report (all datasets).
-See docs/workflow.md for the outputs and the configuration.
+See README.md for the outputs and the configuration.
 """
 
 import os
