@@ -1,0 +1,177 @@
+"""Benchmark of the MEDIAR network on CPU: parameters, forward throughput and training steps.
+
+For mit_b0, mit_b1 and mit_b2 (decoder "small"), side by side in one run:
+- parameters and fp16 checkpoint size,
+- forward throughput in slices/s at 256x256, batch 8, inference mode,
+- training steps/s (forward + backward + AdamW, batch 8 of 128x128 crops, as the default training).
+Ratios are relative to mit_b0. With `--checkpoint CKPT --eval-data DIR ...` it also scores the
+checkpoint on held-out annotated volumes (per-slice AP@0.5 of the xy, xz and yz views after 2D mask
+reconstruction, `mediar3d.train.evaluate_checkpoint`). Writes bench/results/bench_model.md.
+
+Run: .venv/bin/python bench/bench_model.py [--threads 2] [--reps 3] [--checkpoint CKPT --eval-data DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mediar3d.model import build_model, count_parameters, save_checkpoint  # noqa: E402
+from mediar3d.train import segmentation_loss  # noqa: E402
+
+ENCODERS = ("mit_b0", "mit_b1", "mit_b2")
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{platform.system()} {platform.machine()}, nproc={os.cpu_count()}, {cpu}{mem}; "
+            f"torch {torch.__version__}; load average at start {load:.2f}")
+
+
+def best_time(fn, reps: int) -> float:
+    """Best of `reps` timed calls after one warm-up (best-of filters out noise from other processes)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_encoder(encoder: str, reps: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model(encoder)
+    with tempfile.TemporaryDirectory() as tmp:
+        size_mb = save_checkpoint(Path(tmp) / "m.pt", model, {}).stat().st_size / 1e6
+    model.eval()
+    x = torch.randn(8, 1, 256, 256)
+
+    def forward():
+        with torch.inference_mode():
+            model(x)
+
+    fwd = best_time(forward, reps)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    xb, flows, fg = torch.randn(8, 1, 128, 128), torch.randn(8, 2, 128, 128), (torch.rand(8, 1, 128, 128) > 0.5).float()
+
+    def step():
+        loss = segmentation_loss(model(xb), flows, fg)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    train_s = best_time(step, reps)
+    return {"encoder": encoder, "params": count_parameters(model), "ckpt_mb": size_mb,
+            "slices_per_s": 8 / fwd, "forward_batch_s": fwd, "train_steps_per_s": 1 / train_s}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench_model.md")
+    parser.add_argument("--checkpoint", type=Path, help="also score this checkpoint on --eval-data")
+    parser.add_argument("--eval-data", nargs="+", type=Path, default=[], help="held-out CTC datasets with full-3D GT")
+    parser.add_argument("--eval-slices", type=int, default=16, help="slices per view and volume (default 16)")
+    parser.add_argument("--skip-speed", action="store_true", help="only the checkpoint evaluation")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    desc = machine()
+    rows = []
+    for enc in () if args.skip_speed else ENCODERS:
+        rows.append(bench_encoder(enc, args.reps))
+        r = rows[-1]
+        print(f"{enc}: {r['params'] / 1e6:.2f} M params, {r['slices_per_s']:.2f} slices/s (256x256, batch 8), "
+              f"{r['train_steps_per_s']:.3f} train steps/s", flush=True)
+    command = " ".join(["bench/bench_model.py"] + sys.argv[1:])
+    lines = [
+        "# bench_model: MEDIAR network on CPU",
+        "",
+        f"Command: `.venv/bin/python {command}`",
+        "",
+        f"Machine: {desc}; torch threads {args.threads}.",
+        "",
+    ]
+    if rows:
+        lines += speed_table(rows, args)
+    if args.checkpoint is not None:
+        lines += accuracy_table(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def speed_table(rows: list[dict], args) -> list[str]:
+    base = rows[0]
+    lines = [
+        "## Speed",
+        "",
+        "Forward: inference mode, batch 8 of 1x256x256 slices. Train step: forward + backward + AdamW on a",
+        "batch of 8 crops 1x128x128 (the default training batch). Times are the best of "
+        f"{args.reps} repetitions after a warm-up; the machine is shared, so absolute figures are noisy.",
+        "",
+        "| encoder | parameters | fp16 checkpoint (MB) | forward slices/s | vs mit_b0 | train steps/s | vs mit_b0 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['encoder']} | {r['params'] / 1e6:.2f} M | {r['ckpt_mb']:.1f} | {r['slices_per_s']:.2f} | "
+                     f"{r['slices_per_s'] / base['slices_per_s']:.2f}x | {r['train_steps_per_s']:.3f} | "
+                     f"{r['train_steps_per_s'] / base['train_steps_per_s']:.2f}x |")
+    lines.append("")
+    return lines
+
+
+def accuracy_table(args) -> list[str]:
+    from mediar3d.train import evaluate_checkpoint
+
+    t = time.perf_counter()
+    result = evaluate_checkpoint(args.checkpoint, args.eval_data, slices_per_view=args.eval_slices, progress=False)
+    seconds = time.perf_counter() - t
+    lines = [
+        "## Accuracy on held-out slices",
+        "",
+        f"Checkpoint `{args.checkpoint}`; data: {', '.join(f'`{d}`' for d in args.eval_data)} "
+        f"({result['volumes']} full-3D GT volumes). Each volume is resampled to the isotropic grid with",
+        "objects at the checkpoint's training diameter (as training does), then up to "
+        f"{args.eval_slices} evenly spaced slices with objects per view (centre crop <= 256x256) are",
+        "predicted and reconstructed in 2D (`mediar3d.reconstruct.masks_from_flows_2d`); AP@0.5 = TP/(TP+FP+FN) per slice.",
+        "",
+        "| view | slices | mean AP@0.5 | median AP@0.5 | loss |",
+        "|---|---|---|---|---|",
+    ]
+    for view, r in result["views"].items():
+        lines.append(f"| {view} | {r['slices']} | {r['ap50_mean']:.3f} | {r['ap50_median']:.3f} | {r['loss']:.4f} |")
+    lines += ["", f"All slices: mean AP@0.5 {result['ap50_mean']:.3f} ({seconds:.0f} s).", ""]
+    print("\n".join(lines))
+    return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Re-trains the shipped default model models/mediar3d_default.pt exactly as it was trained
+# (see models/MODEL_CARD.md). CPU, 2 threads: about 20 minutes on 2 idle cores; uses CUDA when present.
+#
+#   bash bench/train_default.sh                   # data and stage-1 model under bench/out/ (git-ignored)
+#   OUT=/tmp/m.pt bash bench/train_default.sh
+#
+# Why two stages and an embedded generator: when the default model was trained, mediar3d.synthetic
+# was not in the package yet and mediar3d.flows arrived half-way. The model was therefore trained on
+# the random ellipsoid-nuclei volumes written by the generator below (seeds 2000-2020 for training,
+# 2900 for validation). Stage 1 (30 x 40 steps from scratch) used the heat-diffusion flow stand-in
+# below; stage 2 (scheduled for 16 x 90 steps, stopped after epoch 4 = 360 steps because the shared
+# machine became ~10x slower; starting from stage 1, more data, lower learning rate) used the
+# package's own flow targets (mediar3d.flows) through the plain `mediar3d train` command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+WORK=${WORK:-bench/out/train_default}
+OUT=${OUT:-models/mediar3d_default.pt}
+mkdir -p "$WORK"
+GEN="$WORK/blobs.py"
+cat > "$GEN" <<'PYEOF'
+"""Stage-1 pretraining data: random ellipsoid nuclei volumes (CTC layout) + a heat-diffusion flow
+stand-in registered as mediar3d.flows while that module is absent."""
+import json, sys, types
+from pathlib import Path
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def heat_flows_2d(lab):
+    lab = np.asarray(lab)
+    out = np.zeros((2,) + lab.shape, np.float32)
+    if lab.max() == 0:
+        return out
+    p = np.pad(lab, 1)
+    objs = ndi.find_objects(p)
+    centers = []
+    for i, sl in enumerate(objs):
+        if sl is None:
+            continue
+        rr, cc = np.nonzero(p[sl] == i + 1)
+        k = np.argmin((rr - rr.mean()) ** 2 + (cc - cc.mean()) ** 2)
+        centers.append((rr[k] + sl[0].start, cc[k] + sl[1].start))
+    centers = np.array(centers)
+    ext = max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in objs if s is not None)
+    T = np.zeros(p.shape, np.float64)
+    fg = p > 0
+    same = [(p == np.roll(p, s, axis=a)) & fg for a in (0, 1) for s in (1, -1)]
+    for _ in range(2 * ext):
+        T[centers[:, 0], centers[:, 1]] += 1
+        acc = T.copy(); n = np.ones_like(T)
+        for m, (a, s) in zip(same, [(0, 1), (0, -1), (1, 1), (1, -1)]):
+            acc += np.where(m, np.roll(T, s, axis=a), 0); n += m
+        T = np.where(fg, acc / n, 0)
+    T = np.log1p(T)
+    g = []
+    for a in (0, 1):
+        up = np.where(same[2 * a + 1], np.roll(T, -1, axis=a), T)
+        dn = np.where(same[2 * a], np.roll(T, 1, axis=a), T)
+        g.append(up - dn)
+    g = np.stack(g)[:, 1:-1, 1:-1]
+    norm = np.sqrt((g ** 2).sum(0))
+    out = np.where((lab > 0) & (norm > 0), g / np.maximum(norm, 1e-12), 0).astype(np.float32)
+    return out
+
+
+def install_flow_stand_in():
+    """Stage 1 always uses this stand-in (as when the shipped model was trained)."""
+    mod = types.ModuleType("mediar3d.flows")
+    mod.labels_to_flows_2d = heat_flows_2d
+    sys.modules["mediar3d.flows"] = mod
+
+
+def make_volume(rng, shape_xy=128, n_range=(30, 90)):
+    from mediar3d.io.ctc import write_frame  # noqa
+    aniso = float(rng.choice([1.0, 2.0, 3.0, 4.0, 5.0]))
+    zi = int(round(48 / aniso))
+    Z, Y, X = zi, shape_xy, shape_xy
+    zz, yy, xx = np.mgrid[0:Z, 0:Y, 0:X].astype(np.float32)
+    zz *= aniso
+    lab = np.zeros((Z, Y, X), np.uint16)
+    img = np.zeros((Z, Y, X), np.float32)
+    n = int(rng.integers(*n_range))
+    r0 = rng.uniform(5, 10)
+    for i in range(1, n + 1):
+        c = rng.uniform((0, 0, 0), (Z * aniso, Y, X))
+        radii = r0 * rng.uniform(0.7, 1.3, 3)
+        R = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        d = np.stack([zz - c[0], yy - c[1], xx - c[2]], -1) @ R
+        m = ((d / radii) ** 2).sum(-1) < 1
+        m &= lab == 0
+        lab[m] = i
+        img[m] = rng.uniform(0.4, 1.0) * (1 + 0.3 * rng.normal(size=m.sum()))
+    lab, _, _ = relabel(lab)
+    img = ndi.gaussian_filter(img, (rng.uniform(0.5, 2.0) / aniso * 2, rng.uniform(0.5, 1.5), rng.uniform(0.5, 1.5)))
+    img += rng.uniform(0, 0.3) * (yy / Y) + rng.uniform(0.02, 0.1)
+    photons = rng.uniform(20, 300)
+    img = rng.poisson(np.clip(img, 0, None) * photons) + rng.normal(100, rng.uniform(1, 8), img.shape)
+    return np.clip(img, 0, 65535).astype(np.uint16), lab, (aniso * 0.5, 0.5, 0.5)
+
+
+def relabel(lab):
+    from skimage.segmentation import relabel_sequential
+    out = np.zeros_like(lab)
+    for i, sl in enumerate(ndi.find_objects(lab)):  # keep the largest component of each object
+        if sl is None:
+            continue
+        cc, k = ndi.label(lab[sl] == i + 1)
+        if k > 1:
+            sizes = np.bincount(cc.ravel())[1:]
+            keep = cc == (np.argmax(sizes) + 1)
+        else:
+            keep = cc == 1
+        out[sl][keep] = i + 1
+    return relabel_sequential(out)
+
+
+def make_dataset(out, seed, frames):
+    from mediar3d.io.ctc import write_frame, write_mask
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    for t in range(frames):
+        img, lab, vs = make_volume(rng)
+        write_frame(out / "01" / f"t{t:03d}.tif", img, vs)
+        write_mask(out / "01_GT" / "SEG" / f"man_seg{t:03d}.tif", lab.astype(np.uint16))
+    (out / "dataset.json").write_text(json.dumps({"voxel_size_zyx_um": list(vs), "preset": "stage1-blobs", "seed": seed}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "data":
+        make_dataset(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1] == "train":
+        install_flow_stand_in()
+        from mediar3d.cli import main
+        sys.exit(main(["train"] + sys.argv[2:]))
+PYEOF
+
+for seed in $(seq 2000 2020) 2900; do
+  frames=2; [ "$seed" = 2000 ] && frames=1
+  [ -f "$WORK/data/b$seed/dataset.json" ] || "$PY" "$GEN" data "$WORK/data/b$seed" "$seed" "$frames"
+done
+
+stage1_data=$(for s in $(seq 2000 2010); do printf '%s ' "$WORK/data/b$s"; done)
+all_data=$(for s in $(seq 2000 2020); do printf '%s ' "$WORK/data/b$s"; done)
+common=(--val-data "$WORK/data/b2900" --encoder mit_b0 --decoder small --batch 8 --crop 128
+        --diameter-px 14 --max-slices-per-view 24 --seed 0 --threads 2 --no-progress)
+
+# stage 1: from scratch
+"$PY" "$GEN" train --data $stage1_data --out "$WORK/stage1.pt" --epochs 30 --steps-per-epoch 40 \
+  --lr 6e-4 --max-minutes 45 --cache "$WORK/cache1" "${common[@]}"
+# stage 2: more data, lower learning rate, starting from stage 1, mediar3d.flows targets
+"$PY" -m mediar3d train --data $all_data --out "$WORK/mediar3d_default.pt" --init "$WORK/stage1.pt" --epochs 16 --steps-per-epoch 90 \
+  --stop-epoch 4 --lr 3e-4 --cache "$WORK/cache2" "${common[@]}"
+# the checkpoint goes to models/; the training state, logs and loss curve stay in $WORK/mediar3d_default_train/
+cp "$WORK/mediar3d_default.pt" "$OUT"
+echo "wrote $OUT (logs: $WORK/mediar3d_default_train/)"

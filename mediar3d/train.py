@@ -1,0 +1,770 @@
+"""Training of the 2D MEDIAR network on xy, xz and yz slices of annotated 3D volumes.
+
+Data: every full-3D GT frame (`man_segTTT.tif`) of the given CTC datasets. Each volume is
+normalized (percentiles), rescaled so that objects are `train_diameter_px` voxels wide on an
+isotropic grid (`mediar3d.resample`, as inference does), and cut into 2D slices along the three
+views: xy = vol[z] (rows y, cols x), xz = vol[:, y] (rows z, cols x), yz = vol[:, :, x] (rows z,
+cols y). The flow targets of each kept slice are computed once (`mediar3d.flows.labels_to_flows_2d`)
+and cached in memory (and on disk with `cache_dir`).
+
+Samples: a random slice of a random view, a random crop (mostly centred on an object) with scale
+jitter, flips and 90 degree rotations (flow vectors transformed with the image), the blur of
+upsampled anisotropic data (downsample then linearly upsample along one axis), intensity contrast,
+gamma and noise. Targets: foreground and unit flows x FLOW_SCALE.
+
+Loss: BCE(logit, foreground) + 0.5 * MSE(flows, 5 x unit flows) (Cellpose's scaling). AdamW,
+linear warm-up then cosine decay, mixed precision on CUDA, validation (loss and per-slice AP@0.5
+after 2D mask reconstruction) every epoch, resumable training state, CSV/JSON log and loss curve.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mediar3d.errors import InputError
+from mediar3d.model import FLOW_SCALE, build_model, pad_to_multiple, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+VIEWS: tuple[str, ...] = ("xy", "xz", "yz")
+#: weight of the flow MSE relative to the BCE (Cellpose halves the flow loss)
+FLOW_LOSS_WEIGHT = 0.5
+CACHE_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the checkpoint metadata)."""
+
+    encoder: str = "mit_b0"
+    decoder: str = "small"
+    crop: int = 128
+    batch: int = 8
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    lr: float = 6e-4
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    min_lr_fraction: float = 0.02
+    train_diameter_px: float = 17.0
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    max_slices_per_view: int = 32
+    scale_range: tuple[float, float] = (0.75, 1.33)
+    aniso_blur_prob: float = 0.5
+    aniso_factor_max: float = 5.0
+    val_slices_per_view: int = 4
+    val_size: int = 256
+    seed: int = 0
+    half_weights: bool = True
+    max_minutes: float | None = None
+    init_checkpoint: str | None = None
+    stop_epoch: int | None = None
+
+    def __post_init__(self):
+        if self.crop % 32:
+            raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
+        if self.batch < 1 or self.epochs < 1 or self.steps_per_epoch < 1:
+            raise ValueError("batch, epochs and steps_per_epoch must be >= 1")
+        self.percentiles = tuple(float(p) for p in self.percentiles)
+        self.scale_range = tuple(float(s) for s in self.scale_range)
+
+
+# ---------------------------------------------------------------------------------------------
+# volumes -> cached slices
+
+
+@dataclass
+class SliceSample:
+    """One 2D slice of one view: image float16 (H, W), unit flows float16 (2, H, W), labels int32 (H, W)."""
+
+    view: str
+    image: np.ndarray
+    flows: np.ndarray
+    labels: np.ndarray
+    source: str = ""
+
+
+@dataclass
+class VolumeRecord:
+    """One annotated 3D frame found in a dataset."""
+
+    frame: Path
+    gt: Path
+    voxel_size: tuple[float, float, float]
+    dataset: str
+
+
+def find_volumes(dataset_dirs: Iterable[str | os.PathLike]) -> list[VolumeRecord]:
+    """Every (frame, full-3D GT) pair of the CTC datasets (or sequence folders) given."""
+    from mediar3d.io.ctc import discover_dataset, resolve_voxel_size
+
+    records = []
+    for root in dataset_dirs:
+        dataset = discover_dataset(root, on_gap="skip")
+        found = 0
+        for seq in dataset.sequences.values():
+            for t, gt in sorted(seq.gt_full.items()):
+                frame = seq.frames[t]
+                records.append(VolumeRecord(frame, gt, resolve_voxel_size(frame), str(root)))
+                found += 1
+        if not found:
+            raise InputError(root, "no full-3D ground truth (man_segTTT.tif) to train on")
+    return records
+
+
+def slice_view(volume: np.ndarray, view: str, index: int) -> np.ndarray:
+    """The 2D slice `index` of a (Z, Y, X) volume in `view` (xy: [z], xz: [:, y], yz: [:, :, x])."""
+    if view == "xy":
+        return volume[index]
+    if view == "xz":
+        return volume[:, index]
+    if view == "yz":
+        return volume[:, :, index]
+    raise ValueError(f"unknown view {view!r}")
+
+
+def view_axis(view: str) -> int:
+    return VIEWS.index(view)
+
+
+def iso_volume(image: np.ndarray, labels: np.ndarray, voxel_size: Sequence[float], train_diameter_px: float,
+               percentiles: Sequence[float]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Normalized image and labels on the isotropic grid where objects are `train_diameter_px` wide.
+
+    Returns (image float32 (Z', Y', X'), labels int32 (Z', Y', X'), iso voxel edge in um)."""
+    from mediar3d.resample import (diameter_from_labels, iso_shape, iso_voxel_size, normalize, percentile_range,
+                                   resample_block, resample_labels, zoom_factors)
+
+    diameter_um = diameter_from_labels(labels, voxel_size)
+    zoom = zoom_factors(voxel_size, diameter_um, train_diameter_px)
+    shape = iso_shape(image.shape, zoom)
+    low, high = percentile_range(image, percentiles)
+    iso = resample_block(normalize(image, low, high), shape)
+    lab = resample_labels(labels, shape).astype(np.int32)
+    return iso, lab, iso_voxel_size(voxel_size, diameter_um, train_diameter_px)
+
+
+def choose_slices(labels: np.ndarray, view: str, max_slices: int) -> list[int]:
+    """Up to `max_slices` evenly spaced indices of the slices of `view` that contain objects."""
+    axis = view_axis(view)
+    other = tuple(a for a in range(3) if a != axis)
+    occupied = np.flatnonzero((labels > 0).any(axis=other))
+    if occupied.size <= max_slices:
+        return occupied.tolist()
+    pick = np.linspace(0, occupied.size - 1, max_slices).round().astype(int)
+    return occupied[np.unique(pick)].tolist()
+
+
+def volume_slices(image: np.ndarray, labels: np.ndarray, max_slices_per_view: int, source: str = "") -> list[SliceSample]:
+    """SliceSamples (with flow targets) of the three views of an iso (Z, Y, X) volume."""
+    from mediar3d.flows import labels_to_flows_2d
+
+    samples = []
+    for view in VIEWS:
+        for index in choose_slices(labels, view, max_slices_per_view):
+            lab = np.ascontiguousarray(slice_view(labels, view, index))
+            flows = np.asarray(labels_to_flows_2d(lab), dtype=np.float32)
+            samples.append(SliceSample(view, np.ascontiguousarray(slice_view(image, view, index)).astype(np.float16),
+                                       flows.astype(np.float16), lab, f"{source}:{view}{index}"))
+    return samples
+
+
+def _cache_key(record: VolumeRecord, config: TrainConfig) -> str:
+    parts = []
+    for path in (record.frame, record.gt):
+        stat = path.stat()
+        parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    parts.append(f"{config.train_diameter_px}:{config.percentiles}:{config.max_slices_per_view}:{record.voxel_size}")
+    parts.append(f"v{CACHE_VERSION}:{_flows_identity()}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:20]
+
+
+def _flows_identity() -> str:
+    """Which flow-target implementation computed a cache (module, source size and mtime)."""
+    from mediar3d.flows import labels_to_flows_2d
+
+    module = __import__(labels_to_flows_2d.__module__, fromlist=["_"])
+    source = getattr(module, "__file__", None)
+    if source and Path(source).is_file():
+        stat = Path(source).stat()
+        return f"{labels_to_flows_2d.__module__}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{labels_to_flows_2d.__module__}:{labels_to_flows_2d.__qualname__}"
+
+
+def _save_cache(path: Path, samples: list[SliceSample], iso_um: float) -> None:
+    from mediar3d.io.atomic import atomic_path
+
+    arrays = {"iso_um": np.float64(iso_um), "views": np.array([s.view for s in samples]),
+              "sources": np.array([s.source for s in samples])}
+    for i, s in enumerate(samples):
+        arrays[f"image{i}"], arrays[f"flows{i}"], arrays[f"labels{i}"] = s.image, s.flows, s.labels
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def _load_cache(path: Path) -> tuple[list[SliceSample], float]:
+    with np.load(path) as data:
+        views, sources = data["views"], data["sources"]
+        samples = [SliceSample(str(views[i]), data[f"image{i}"], data[f"flows{i}"], data[f"labels{i}"], str(sources[i]))
+                   for i in range(len(views))]
+        return samples, float(data["iso_um"])
+
+
+def prepare_volume(record: VolumeRecord, config: TrainConfig, cache_dir: Path | None = None) -> tuple[list[SliceSample], float]:
+    """Slices (with flow targets) of one annotated frame, from the disk cache when present."""
+    from mediar3d.io.ctc import read_frame, read_labels
+
+    cache = cache_dir / f"{_cache_key(record, config)}.npz" if cache_dir else None
+    if cache is not None and cache.is_file():
+        try:
+            return _load_cache(cache)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("%s: unreadable training cache (%s), recomputing", cache, exc)
+    image = read_frame(record.frame)
+    labels = read_labels(record.gt, shape=image.shape)
+    if labels.max() == 0:
+        raise InputError(record.gt, "ground truth has no object")
+    iso, lab, iso_um = iso_volume(image, labels, record.voxel_size, config.train_diameter_px, config.percentiles)
+    samples = volume_slices(iso, lab, config.max_slices_per_view, source=f"{record.frame}")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        _save_cache(cache, samples, iso_um)
+    return samples, iso_um
+
+
+def prepare_slices(records: Sequence[VolumeRecord], config: TrainConfig, cache_dir: Path | None = None,
+                   progress: bool = True) -> tuple[list[SliceSample], list[float]]:
+    """Slices of all volumes (tqdm progress) and the iso voxel edge (um) of each volume."""
+    from tqdm.auto import tqdm
+
+    samples, iso_sizes = [], []
+    for record in tqdm(records, desc="preparing volumes", unit="vol", disable=not progress):
+        got, iso_um = prepare_volume(record, config, cache_dir)
+        samples.extend(got)
+        iso_sizes.append(iso_um)
+    return samples, iso_sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation
+
+
+def flip_flows(flows: np.ndarray, axis: int) -> np.ndarray:
+    """Flip a (2, H, W) (row, col) flow field along image axis 0 (rows) or 1 (cols)."""
+    out = np.flip(flows, axis=axis + 1).copy()
+    out[axis] *= -1
+    return out
+
+
+def rot90_flows(flows: np.ndarray, k: int) -> np.ndarray:
+    """Rotate a (2, H, W) (row, col) flow field as `np.rot90(image, k)` rotates the image.
+
+    One quarter turn maps pixel (r, c) to (W-1-c, r): a vector (dr, dc) becomes (-dc, dr)."""
+    out = np.rot90(flows, k, axes=(1, 2))
+    dr, dc = out[0], out[1]
+    for _ in range(k % 4):
+        dr, dc = -dc, dr
+    return np.ascontiguousarray(np.stack([dr, dc]))
+
+
+def anisotropic_blur(image: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
+    """Simulate a slice of upsampled anisotropic data: (H, W) image downsampled by `factor` along
+    `axis` (area average) and linearly upsampled back."""
+    h, w = image.shape
+    small = (max(1, round(h / factor)), w) if axis == 0 else (h, max(1, round(w / factor)))
+    x = F.interpolate(image[None, None], size=small, mode="area")
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+
+
+def intensity_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random contrast/brightness, gamma and Gaussian noise of a normalized image."""
+    image = image * float(rng.uniform(0.7, 1.3)) + float(rng.uniform(-0.1, 0.1))
+    if rng.random() < 0.5:
+        gamma = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+        image = torch.sign(image) * image.abs().pow(gamma)
+    if rng.random() < 0.3:
+        sigma = float(rng.uniform(0.3, 1.2))
+        radius = max(1, int(2 * sigma + 0.5))
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+        taps = taps / taps.sum()
+        x = image[None, None]
+        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+        x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
+        image = x[0, 0]
+    if rng.random() < 0.7:
+        image = image + float(rng.uniform(0.0, 0.12)) * torch.randn(image.shape, generator=_torch_gen(rng))
+    return image
+
+
+def _torch_gen(rng: np.random.Generator) -> torch.Generator:
+    return torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+
+
+def _crop_window(sample: SliceSample, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner of a size x size window, centred on a random object pixel 80 % of the time."""
+    h, w = sample.labels.shape
+    if rng.random() < 0.8:
+        rows, cols = np.nonzero(sample.labels)
+        if rows.size:
+            i = int(rng.integers(rows.size))
+            cr, cc = int(rows[i]), int(cols[i])
+        else:
+            cr, cc = int(rng.integers(h)), int(rng.integers(w))
+    else:
+        cr, cc = int(rng.integers(h)), int(rng.integers(w))
+    top = min(max(cr - size // 2, 0), max(h - size, 0))
+    left = min(max(cc - size // 2, 0), max(w - size, 0))
+    return top, left
+
+
+def _window(array: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+    """array[..., top:top+size, left:left+size] as float32, zero-padded where it runs off the slice."""
+    part = np.asarray(array[..., top:top + size, left:left + size], dtype=np.float32)
+    pad_h, pad_w = size - part.shape[-2], size - part.shape[-1]
+    if pad_h or pad_w:
+        part = np.pad(part, [(0, 0)] * (part.ndim - 2) + [(0, pad_h), (0, pad_w)])
+    return part
+
+
+def augmented_crop(sample: SliceSample, config: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """One training example: image (1, c, c), target flows x FLOW_SCALE (2, c, c), foreground (1, c, c)."""
+    c = config.crop
+    lo, hi = config.scale_range
+    scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # output px per slice px
+    size = max(8, int(round(c / scale)))
+    top, left = _crop_window(sample, size, rng)
+    stack = np.concatenate([_window(sample.image, top, left, size)[None],
+                            _window(sample.flows, top, left, size),
+                            (_window(sample.labels, top, left, size) > 0)[None].astype(np.float32)])
+    if size != c:
+        t = torch.from_numpy(stack)[None]
+        stack = F.interpolate(t, size=(c, c), mode="bilinear", align_corners=False, antialias=size > c)[0].numpy()
+    image, flows, fg = stack[0], stack[1:3], (stack[3] > 0.5).astype(np.float32)
+    for axis in (0, 1):
+        if rng.random() < 0.5:
+            image, fg, flows = np.flip(image, axis), np.flip(fg, axis), flip_flows(flows, axis)
+    k = int(rng.integers(4))
+    if k:
+        image, fg, flows = np.rot90(image, k), np.rot90(fg, k), rot90_flows(flows, k)
+    flows = flows * (fg[None] > 0)  # interpolation leaks flows past the object edge
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    if rng.random() < config.aniso_blur_prob:
+        img = anisotropic_blur(img, int(rng.integers(2)), float(rng.uniform(1.5, config.aniso_factor_max)))
+    img = intensity_augment(img, rng)
+    return (img.numpy()[None].astype(np.float32), (flows * FLOW_SCALE).astype(np.float32),
+            np.ascontiguousarray(fg[None], dtype=np.float32))
+
+
+class CropSampler:
+    """Random augmented batches from the slices of the three views (views drawn equally often)."""
+
+    def __init__(self, samples: Sequence[SliceSample], config: TrainConfig, seed: int):
+        self.config = config
+        self.pools = {v: [s for s in samples if s.view == v] for v in VIEWS}
+        self.views = [v for v in VIEWS if self.pools[v]]
+        if not self.views:
+            raise ValueError("no training slices")
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images (B, 1, c, c), target flows (B, 2, c, c) x FLOW_SCALE, foreground (B, 1, c, c))."""
+        items = []
+        for _ in range(self.config.batch):
+            pool = self.pools[self.views[int(self.rng.integers(len(self.views)))]]
+            items.append(augmented_crop(pool[int(self.rng.integers(len(pool)))], self.config, self.rng))
+        return tuple(torch.from_numpy(np.stack(parts)) for parts in zip(*items))  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# loss, schedule, validation
+
+
+def segmentation_loss(output: torch.Tensor, flows: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(total, bce, mse): BCE on the logit channel + FLOW_LOSS_WEIGHT * MSE on the two flow channels."""
+    output = output.float()
+    bce = F.binary_cross_entropy_with_logits(output[:, 2:3], fg)
+    mse = F.mse_loss(output[:, :2], flows)
+    return bce + FLOW_LOSS_WEIGHT * mse, bce, mse
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float, min_fraction: float) -> float:
+    """Learning-rate multiplier: linear warm-up over warmup_fraction of `total`, then cosine to min_fraction."""
+    warmup = max(1, int(round(total * warmup_fraction)))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_fraction + (1.0 - min_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def validation_slices(samples: Sequence[SliceSample], per_view: int, size: int, seed: int) -> list[SliceSample]:
+    """A fixed set of held-out slices (per_view per view, cropped to at most size x size around their centre)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for view in VIEWS:
+        pool = [s for s in samples if s.view == view]
+        for i in rng.permutation(len(pool))[:per_view]:
+            s = pool[int(i)]
+            h, w = s.labels.shape
+            top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+            win = np.s_[top:top + size, left:left + size]
+            chosen.append(SliceSample(view, s.image[win], s.flows[(slice(None),) + win], s.labels[win], s.source))
+    return chosen
+
+
+def _masks_from_flows_2d():
+    try:
+        from mediar3d.reconstruct import masks_from_flows_2d
+    except ImportError:
+        return None
+    return masks_from_flows_2d
+
+
+def predict_slice(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
+    """Raw network output (3, H, W) (flows x FLOW_SCALE, logit) for one 2D image of any size."""
+    padded, (h, w) = pad_to_multiple(np.asarray(image, dtype=np.float32))
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(device)).float()
+    return out[0, :, :h, :w].cpu().numpy()
+
+
+def slice_ap50(output: np.ndarray, labels: np.ndarray, diameter_px: float | None = None) -> float:
+    """AP@0.5 of the 2D masks reconstructed from one slice's network output against its labels
+    (NaN while mediar3d.reconstruct is not available)."""
+    from mediar3d.evaluate import evaluate_frame
+
+    masks_from_flows_2d = _masks_from_flows_2d()
+    if masks_from_flows_2d is None:
+        return float("nan")
+    prob = 1.0 / (1.0 + np.exp(-output[2]))
+    recon_log = logging.getLogger("mediar3d.reconstruct")
+    level = recon_log.level
+    recon_log.setLevel(logging.WARNING)  # one INFO line per slice would drown the training log
+    try:
+        if diameter_px is None:
+            pred = masks_from_flows_2d(output[:2] / FLOW_SCALE, prob)
+        else:
+            pred = masks_from_flows_2d(output[:2] / FLOW_SCALE, prob, diameter_px=diameter_px)
+    finally:
+        recon_log.setLevel(level)
+    return float(evaluate_frame(np.asarray(pred)[None], np.asarray(labels)[None])["ap50"])
+
+
+def validate(model: torch.nn.Module, slices: Sequence[SliceSample], device: torch.device,
+             diameter_px: float | None = None) -> dict:
+    """Mean loss and per-view mean AP@0.5 over the validation slices (model left in eval mode);
+    `diameter_px` (the training object diameter) sets the reconstruction's minimum object size."""
+    model.eval()
+    losses, aps = [], {v: [] for v in VIEWS}
+    for s in slices:
+        out = predict_slice(model, s.image, device)
+        target = torch.from_numpy(s.flows.astype(np.float32) * FLOW_SCALE)[None]
+        fg = torch.from_numpy((s.labels > 0).astype(np.float32))[None, None]
+        losses.append(float(segmentation_loss(torch.from_numpy(out)[None], target, fg)[0]))
+        aps[s.view].append(slice_ap50(out, s.labels, diameter_px))
+    row = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
+    for v in VIEWS:
+        row[f"val_ap50_{v}"] = float(np.mean(aps[v])) if aps[v] else float("nan")
+    all_aps = [a for v in VIEWS for a in aps[v]]
+    row["val_ap50"] = float(np.mean(all_aps)) if all_aps else float("nan")
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# logs
+
+
+LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_bce", "train_mse", "val_loss",
+               "val_ap50_xy", "val_ap50_xz", "val_ap50_yz", "val_ap50", "seconds")
+
+
+def write_logs(out_dir: Path, history: list[dict], config: TrainConfig) -> None:
+    """log.csv, log.json and loss_curve.png of the epochs so far (each written atomically)."""
+    from mediar3d.io.atomic import atomic_path
+
+    with atomic_path(out_dir / "log.csv") as tmp:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(history)
+    with atomic_path(out_dir / "log.json") as tmp:
+        tmp.write_text(json.dumps({"config": _config_dict(config), "epochs": history}, indent=1))
+    plot_losses(out_dir / "loss_curve.png", history)
+
+
+def plot_losses(path: Path, history: list[dict]) -> None:
+    """Train / validation loss and validation AP@0.5 per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mediar3d.io.atomic import atomic_path
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_yscale("log"), ax1.legend()
+    for key in ("val_ap50_xy", "val_ap50_xz", "val_ap50_yz", "val_ap50"):
+        ax2.plot(epochs, [h[key] for h in history], label=key.replace("val_", ""))
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("validation AP@0.5"), ax2.set_ylim(0, 1), ax2.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# training loop
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    return device
+
+
+@dataclass
+class TrainState:
+    """Mutable state of a run (what a resume restores)."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def _state_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_train") / "state.pt"
+
+
+def _save_state(path: Path, model, optimizer, scheduler, scaler, state: TrainState, sampler: CropSampler,
+                config: TrainConfig) -> None:
+    from mediar3d.io.atomic import atomic_path
+
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+               "scaler": scaler.state_dict() if scaler is not None else None, "epoch": state.epoch,
+               "step": state.step, "history": state.history, "elapsed_s": state.elapsed_s,
+               "sampler_rng": json.dumps(sampler.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+               "config": json.dumps(_config_dict(config))}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_state(path: Path, model, optimizer, scheduler, scaler, sampler: CropSampler, config: TrainConfig) -> TrainState:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    saved = json.loads(payload["config"])
+    for key in ("encoder", "decoder", "epochs", "steps_per_epoch", "crop", "batch"):
+        if saved.get(key) != _config_dict(config).get(key):
+            raise InputError(path, f"cannot resume: {key} was {saved.get(key)!r}, now {_config_dict(config).get(key)!r}")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    sampler.rng.bit_generator.state = json.loads(payload["sampler_rng"])
+    torch.set_rng_state(payload["torch_rng"])
+    return TrainState(int(payload["epoch"]), int(payload["step"]), list(payload["history"]), float(payload["elapsed_s"]))
+
+
+def data_summary(records: Sequence[VolumeRecord], samples: Sequence[SliceSample], iso_sizes: Sequence[float],
+                 val_records: Sequence[VolumeRecord]) -> dict:
+    """What the model was trained on (stored in the checkpoint)."""
+    datasets: dict[str, dict] = {}
+    for r in records:
+        d = datasets.setdefault(r.dataset, {"volumes": 0, "voxel_size_um": list(r.voxel_size)})
+        d["volumes"] += 1
+        info = Path(r.dataset) / "dataset.json"
+        if info.is_file() and "info" not in d:
+            try:
+                meta = json.loads(info.read_text())
+                d["info"] = {k: meta[k] for k in ("preset", "seed", "anisotropy", "shape") if k in meta}
+            except (OSError, ValueError):
+                pass
+    return {
+        "datasets": datasets,
+        "volumes": len(records),
+        "slices": {v: sum(1 for s in samples if s.view == v) for v in VIEWS},
+        "iso_voxel_um_median": float(np.median(iso_sizes)) if len(iso_sizes) else None,
+        "validation_datasets": sorted({r.dataset for r in val_records}),
+    }
+
+
+def _init_weights(path: str | os.PathLike, model: torch.nn.Module) -> dict:
+    """float32 state dict of a mediar3d checkpoint (same encoder/decoder as `model`) to start from."""
+    from mediar3d.model import read_checkpoint
+
+    payload = read_checkpoint(path)
+    meta = payload["meta"]
+    if (meta.get("encoder"), meta.get("decoder")) != (model.encoder_name, model.decoder_name):
+        raise InputError(path, f"initial checkpoint is {meta.get('encoder')}/{meta.get('decoder')}, "
+                               f"training {model.encoder_name}/{model.decoder_name}")
+    own = model.state_dict()
+    return {k: v.to(own[k].dtype) if k in own else v for k, v in payload["state_dict"].items()}
+
+
+def split_validation(records: list[VolumeRecord], val_records: list[VolumeRecord] | None) -> tuple[list, list]:
+    """(train, validation) records: the given validation set, else the last volume held out (when >= 2)."""
+    if val_records:
+        return records, val_records
+    if len(records) >= 2:
+        return records[:-1], records[-1:]
+    log.warning("only one training volume: validating on its own slices")
+    return records, records
+
+
+def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig | None = None, *,
+          val_dirs: Sequence[str | os.PathLike] | None = None, device: str = "auto", resume: bool = False,
+          cache_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Train a MEDIAR network on the full-3D GT frames of `dataset_dirs`; write the checkpoint `out`.
+
+    Side outputs in `<out stem>_train/`: state.pt (resume), log.csv, log.json, loss_curve.png.
+    Returns the last epoch's log row. With `config.max_minutes` the run stops after the epoch that
+    passes the budget, with `config.stop_epoch` after that epoch (the learning-rate schedule still
+    spans `config.epochs`).
+    """
+    from tqdm.auto import tqdm
+
+    config = config or TrainConfig()
+    out = Path(out)
+    dev = pick_device(device)
+    torch.manual_seed(config.seed)
+    records, val_records = split_validation(find_volumes(dataset_dirs), find_volumes(val_dirs) if val_dirs else None)
+    cache = Path(cache_dir) if cache_dir else None
+    samples, iso_sizes = prepare_slices(records, config, cache, progress)
+    val_samples, _ = prepare_slices(val_records, config, cache, progress) if val_records != records else (samples, [])
+    val_slices = validation_slices(val_samples, config.val_slices_per_view, config.val_size, config.seed + 1)
+    log.info("training on %d slices of %d volumes (%s), validating on %d slices, device %s", len(samples),
+             len(records), {v: sum(s.view == v for s in samples) for v in VIEWS}, len(val_slices), dev)
+
+    model = build_model(config.encoder, config.decoder)
+    if config.init_checkpoint:
+        model.load_state_dict(_init_weights(config.init_checkpoint, model), strict=True)
+        log.info("initialized weights from %s", config.init_checkpoint)
+    model = model.to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = config.epochs * config.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, config.warmup_fraction, config.min_lr_fraction))
+    use_amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    sampler = CropSampler(samples, config, config.seed)
+    state_path = _state_path(out)
+    state = TrainState()
+    if resume and state_path.is_file():
+        state = _load_state(state_path, model, optimizer, scheduler, scaler, sampler, config)
+        log.info("resumed from %s at epoch %d", state_path, state.epoch)
+    meta = {"train_diameter_px": config.train_diameter_px, "norm_percentiles": list(config.percentiles),
+            "voxel_size_um": [float(np.median(iso_sizes))] * 3 if iso_sizes else None,
+            "training_data": data_summary(records, samples, iso_sizes, val_records),
+            "train_config": _config_dict(config), "device": str(dev)}
+
+    while state.epoch < config.epochs:
+        t0 = time.perf_counter()
+        model.train()
+        sums = np.zeros(3)
+        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {state.epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False)
+        for _ in bar:
+            x, flows, fg = (t.to(dev, non_blocking=True) for t in sampler.batch())
+            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                output = model(x)
+            loss, bce, mse = segmentation_loss(output, flows, fg)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            state.step += 1
+            sums += (float(loss.detach()), float(bce.detach()), float(mse.detach()))
+            bar.set_postfix(loss=f"{float(sums[0]) / (state.step - config.steps_per_epoch * state.epoch):.3f}")
+        state.epoch += 1
+        means = [float(v) / config.steps_per_epoch for v in sums]
+        row = {"epoch": state.epoch, "step": state.step, "lr": float(optimizer.param_groups[0]["lr"]),
+               "train_loss": means[0], "train_bce": means[1], "train_mse": means[2]}
+        row.update(validate(model, val_slices, dev, config.train_diameter_px))
+        state.elapsed_s += time.perf_counter() - t0
+        row["seconds"] = round(state.elapsed_s, 1)
+        state.history.append(row)
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val AP50 %.3f (xy %.3f xz %.3f yz %.3f), %.0f s",
+                 state.epoch, config.epochs, row["train_loss"], row["val_loss"], row["val_ap50"],
+                 row["val_ap50_xy"], row["val_ap50_xz"], row["val_ap50_yz"], state.elapsed_s)
+        meta.update(epochs_trained=state.epoch, steps_trained=state.step, wall_time_s=round(state.elapsed_s, 1),
+                    validation=row)
+        save_checkpoint(out, model, meta, half=config.half_weights)
+        _save_state(state_path, model, optimizer, scheduler, scaler, state, sampler, config)
+        write_logs(state_path.parent, state.history, config)
+        if config.stop_epoch is not None and state.epoch >= config.stop_epoch:
+            log.info("stopping after epoch %d (--stop-epoch)", state.epoch)
+            break
+        if config.max_minutes is not None and state.elapsed_s > 60 * config.max_minutes:
+            log.warning("time budget of %.1f min used up after epoch %d", config.max_minutes, state.epoch)
+            break
+    return state.history[-1] if state.history else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation of a trained model on held-out annotated volumes
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset_dirs: Sequence[str | os.PathLike],
+                        slices_per_view: int = 16, size: int = 256, device: str = "cpu",
+                        progress: bool = True) -> dict:
+    """Per-slice AP@0.5 (after 2D mask reconstruction) of a checkpoint on xy, xz and yz slices of the
+    full-3D GT frames of `dataset_dirs`, prepared as for training (isotropic grid, objects rescaled
+    to the checkpoint's train_diameter_px). Slices: up to `slices_per_view` evenly spaced slices with
+    objects per view and volume, centre-cropped to at most `size` x `size`.
+
+    Returns {"views": {view: {"slices", "ap50_mean", "ap50_median", "loss"}}, "ap50_mean", "volumes"}.
+    """
+    from tqdm.auto import tqdm
+
+    from mediar3d.model import load_checkpoint
+
+    dev = pick_device(device)
+    model, meta = load_checkpoint(checkpoint, dev)
+    config = TrainConfig(train_diameter_px=float(meta.get("train_diameter_px") or TrainConfig.train_diameter_px),
+                         percentiles=tuple(meta.get("norm_percentiles") or TrainConfig.percentiles),
+                         max_slices_per_view=slices_per_view)
+    records = find_volumes(dataset_dirs)
+    samples, _ = prepare_slices(records, config, None, progress)
+    per_view = {v: {"ap": [], "loss": []} for v in VIEWS}
+    for s in tqdm(samples, desc="evaluating slices", disable=not progress):
+        h, w = s.labels.shape
+        top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+        win = np.s_[top:top + size, left:left + size]
+        row = validate(model, [SliceSample(s.view, s.image[win], s.flows[(slice(None),) + win], s.labels[win])], dev,
+                       config.train_diameter_px)
+        per_view[s.view]["ap"].append(row[f"val_ap50_{s.view}"])
+        per_view[s.view]["loss"].append(row["val_loss"])
+    views = {v: {"slices": len(d["ap"]), "ap50_mean": float(np.mean(d["ap"])) if d["ap"] else float("nan"),
+                 "ap50_median": float(np.median(d["ap"])) if d["ap"] else float("nan"),
+                 "loss": float(np.mean(d["loss"])) if d["loss"] else float("nan")} for v, d in per_view.items()}
+    all_ap = [a for d in per_view.values() for a in d["ap"]]
+    return {"views": views, "ap50_mean": float(np.mean(all_ap)) if all_ap else float("nan"), "volumes": len(records)}

@@ -1,0 +1,196 @@
+"""Training: augmentation keeps flows consistent, schedule, loss goes down, checkpoint + logs + resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mediar3d.model import FLOW_SCALE, build_model, load_checkpoint
+from mediar3d.train import (CropSampler, SliceSample, TrainConfig, anisotropic_blur, augmented_crop, find_volumes,
+                            flip_flows, lr_factor, prepare_slices, rot90_flows, segmentation_loss, slice_view, train)
+
+torch.set_num_threads(2)
+
+
+def _sphere_dataset(root, seed: int, shape=(12, 64, 64), anisotropy=3.0, n=14):
+    """A CTC dataset of one frame of random spheres (anisotropic voxels) with full-3D GT."""
+    from mediar3d.io.ctc import write_frame, write_mask
+
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]].astype(np.float32)
+    zz *= anisotropy
+    labels = np.zeros(shape, np.uint16)
+    for i in range(1, n + 1):
+        c = rng.uniform((0, 0, 0), (shape[0] * anisotropy, shape[1], shape[2]))
+        r = rng.uniform(5, 8)
+        inside = ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < r * r) & (labels == 0)
+        labels[inside] = i
+    image = (labels > 0) * 200.0 + rng.normal(20, 8, shape)
+    write_frame(root / "01" / "t000.tif", image.clip(0, None).astype(np.uint16), (anisotropy, 1.0, 1.0))
+    write_mask(root / "01_GT" / "SEG" / "man_seg000.tif", labels)
+    return root
+
+
+def _tiny_dataset(root, seed: int):
+    """`mediar3d synth`'s tiny preset when that module is there, else random spheres."""
+    try:
+        from mediar3d.synthetic import PRESETS, make_dataset
+    except ImportError:
+        return _sphere_dataset(root, seed)
+    if "tiny" not in PRESETS:
+        return _sphere_dataset(root, seed)
+    make_dataset("tiny", seed, root, frames=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train_data")
+    return _tiny_dataset(base / "train", 1000), _tiny_dataset(base / "val", 1001)
+
+
+def _small_config(**kw) -> TrainConfig:
+    base = dict(crop=64, batch=2, epochs=1, steps_per_epoch=2, max_slices_per_view=6, val_slices_per_view=1,
+                val_size=64, lr=1e-3, half_weights=True, train_diameter_px=12.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _grad(field: np.ndarray) -> np.ndarray:
+    return np.stack(np.gradient(field))
+
+
+def test_flow_transforms_follow_image_transforms():
+    rows, cols = np.mgrid[0:20, 0:30].astype(float)
+    field = (rows - 7.0) ** 2 + 2 * (cols - 11.0) ** 2 + 0.3 * rows * cols
+    flows = _grad(field)
+    for k in range(4):
+        np.testing.assert_allclose(rot90_flows(flows, k), _grad(np.rot90(field, k)), atol=1e-9)
+    for axis in (0, 1):
+        np.testing.assert_allclose(flip_flows(flows, axis), _grad(np.flip(field, axis)), atol=1e-9)
+
+
+def test_anisotropic_blur_acts_along_one_axis_only():
+    cols = torch.arange(64, dtype=torch.float32)
+    stripes = ((cols // 2) % 2).repeat(64, 1)  # varies along columns only
+    torch.testing.assert_close(anisotropic_blur(stripes, axis=0, factor=4.0), stripes)
+    blurred = anisotropic_blur(stripes, axis=1, factor=4.0)
+    assert blurred.std() < 0.5 * stripes.std()
+
+
+def test_lr_schedule_warms_up_then_decays():
+    total = 100
+    f = [lr_factor(s, total, 0.1, 0.02) for s in range(total)]
+    assert f[0] < f[5] < f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[-1] == pytest.approx(0.02, abs=0.01)
+
+
+def test_augmented_crop_targets_are_consistent():
+    labels = np.zeros((80, 90), np.int32)
+    labels[10:40, 20:50], labels[50:70, 30:80] = 1, 2
+    flows = np.zeros((2, 80, 90), np.float32)
+    flows[0][labels > 0] = 1.0
+    sample = SliceSample("xz", (labels > 0).astype(np.float16), flows.astype(np.float16), labels)
+    config = TrainConfig(crop=64)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        image, target, fg = augmented_crop(sample, config, rng)
+        assert image.shape == (1, 64, 64) and target.shape == (2, 64, 64) and fg.shape == (1, 64, 64)
+        assert set(np.unique(fg)) <= {0.0, 1.0}
+        assert np.all(target[:, fg[0] == 0] == 0)
+        magnitude = np.sqrt((target ** 2).sum(0))
+        assert magnitude.max() <= FLOW_SCALE * 1.001
+        # unit vectors along rows stay axis-aligned after flips / quarter turns
+        inside = fg[0] > 0
+        if inside.any():
+            assert np.all(np.abs(target[:, inside]).min(axis=0) < 1e-3 * FLOW_SCALE + 0.05 * magnitude[inside])
+
+
+def test_slices_of_three_views(datasets):
+    config = _small_config()
+    records = find_volumes([datasets[0]])
+    samples, iso_sizes = prepare_slices(records, config, progress=False)
+    views = {s.view for s in samples}
+    assert views == {"xy", "xz", "yz"}
+    assert len(iso_sizes) == len(records) and all(v > 0 for v in iso_sizes)
+    for s in samples:
+        assert s.flows.shape == (2,) + s.labels.shape == (2,) + s.image.shape
+        assert np.all(s.flows[:, s.labels == 0] == 0)
+        assert s.labels.max() > 0
+    volume = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    assert slice_view(volume, "xz", 1).shape == (2, 4) and slice_view(volume, "yz", 2).shape == (2, 3)
+
+
+def test_loss_goes_down_on_tiny_data(datasets):
+    torch.manual_seed(0)
+    config = _small_config(batch=2)
+    samples, _ = prepare_slices(find_volumes([datasets[0]]), config, progress=False)
+    x, flows, fg = CropSampler(samples, config, seed=0).batch()
+    model = build_model("mit_b0").train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(10):
+        loss = segmentation_loss(model(x), flows, fg)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+@pytest.mark.slow
+def test_train_writes_checkpoint_logs_and_resumes(datasets, tmp_path):
+    out = tmp_path / "model.pt"
+    config = _small_config(epochs=2, max_minutes=0.0)  # budget used up after epoch 1
+    row = train([datasets[0]], out, config, val_dirs=[datasets[1]], device="cpu", progress=False,
+                cache_dir=tmp_path / "cache")
+    assert row["epoch"] == 1 and np.isfinite(row["val_loss"])
+    model, meta = load_checkpoint(out)
+    assert meta["train_diameter_px"] == 12.0 and meta["epochs_trained"] == 1
+    assert meta["training_data"]["volumes"] == 1 and meta["weights_dtype"] == "float16"
+    train_dir = tmp_path / "model_train"
+    assert (train_dir / "loss_curve.png").stat().st_size > 1000
+    assert (train_dir / "log.csv").read_text().count("\n") == 2
+    assert list((tmp_path / "cache").glob("*.npz"))
+
+    resumed = train([datasets[0]], out, _small_config(epochs=2), val_dirs=[datasets[1]], device="cpu",
+                    progress=False, cache_dir=tmp_path / "cache", resume=True)
+    assert resumed["epoch"] == 2 and resumed["step"] == 4
+    log = json.loads((train_dir / "log.json").read_text())
+    assert [r["epoch"] for r in log["epochs"]] == [1, 2]
+    assert load_checkpoint(out)[1]["epochs_trained"] == 2
+
+
+def test_train_rejects_data_without_3d_gt(tmp_path):
+    from mediar3d.errors import InputError
+    from mediar3d.io.ctc import write_frame
+
+    write_frame(tmp_path / "ds" / "01" / "t000.tif", np.zeros((4, 32, 32), np.uint16), (1, 1, 1))
+    with pytest.raises(InputError, match="no full-3D ground truth"):
+        find_volumes([tmp_path / "ds"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_train_step_cuda_mixed_precision(datasets, tmp_path):
+    row = train([datasets[0]], tmp_path / "gpu.pt", _small_config(), device="cuda", progress=False)
+    assert np.isfinite(row["train_loss"])
+
+
+def test_init_weights_from_checkpoint(tmp_path):
+    from mediar3d.errors import InputError
+    from mediar3d.model import save_checkpoint
+    from mediar3d.train import _init_weights
+
+    torch.manual_seed(3)
+    source = build_model("mit_b0")
+    path = save_checkpoint(tmp_path / "init.pt", source, {}, half=False)
+    target = build_model("mit_b0")
+    target.load_state_dict(_init_weights(path, target), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+    target.decoder_name = "mediar"  # a network of another configuration refuses these weights
+    with pytest.raises(InputError, match="initial checkpoint is mit_b0/small"):
+        _init_weights(path, target)
