@@ -1,0 +1,611 @@
+"""Instance masks from a flow field: follow the flows, cluster the end points, label the voxels.
+
+Input field: float32 (4, Z, Y, X) = (dz, dy, dx, prob), unit-scale flows (|flow| ~ 1 inside objects),
+prob in [0, 1], axes (z, y, x), all lengths in voxels of that grid. Output: uint32 labels (Z, Y, X).
+
+Algorithm (Cellpose's idea, own implementation):
+
+1. Foreground = prob > prob_threshold. Every foreground voxel takes up to `niter` Euler steps
+   p <- p + step * v(p), where v is the flow (components clipped to [-1, 1], 0 where prob <=
+   threshold) trilinearly interpolated at p, and p is clipped to the volume. A voxel stops early when
+   it moved less than `CONVERGED_MOVE` voxels over the last `CHECK_EVERY` steps (it circles its sink).
+2. End points are rounded to the voxel grid; their histogram (kept sparse: occupied grid points and
+   counts) is smoothed with a 3x3x3 box sum; seeds are the local maxima (5x5x5, ties to the lower
+   flat index) with a smoothed count >= `seed_count`; seeds grow for `grow_iters` iterations over
+   occupied grid points (26-neighbourhood, each joins its strongest labelled neighbour).
+3. Every voxel takes the object of its end point's grid point. Objects below `min_size` voxels or
+   above `max_size_fraction` of the volume are dropped, holes are filled per object, and objects are
+   relabelled 1..N in the order of their smallest flat voxel index.
+
+`masks_from_field_dask` splits step 1 into blocks with a halo of ceil(niter * step) + 2 voxels: a
+path moves at most `step` voxels per axis per step, so every path and every interpolation stays
+inside its block's halo and reads the same values as in one block; steps 2-3 run once on all end
+points. `masks_from_field` is the same code with one block, so both give identical labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Sequence
+
+import numba
+import numpy as np
+from scipy import ndimage
+
+from mediar3d.errors import InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIAMETER_PX = 30.0
+CHECK_EVERY = 6
+CONVERGED_MOVE = 1.0
+SEED_COUNT = 10
+GROW_ITERS = 6
+DEFAULT_BLOCK = (128, 256, 256)
+
+
+@dataclass
+class BlockEnds:
+    """End points of one block's foreground voxels, as a sparse histogram.
+
+    voxels: int64 (N,) flat indices of the voxels (C order of the volume); keys: int64 (K,) sorted
+    flat indices of the grid points their end points round to; inverse: int64 (N,) index into keys
+    of each voxel's end point; counts: int64 (K,) end points per key."""
+
+    voxels: np.ndarray
+    keys: np.ndarray
+    inverse: np.ndarray
+    counts: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# defaults scaled with the object size
+
+
+def default_niter(diameter_px: float | None) -> int:
+    """Euler steps for objects `diameter_px` voxels wide: twice the diameter (at least 10)."""
+    return max(10, int(math.ceil(2.0 * (diameter_px or DEFAULT_DIAMETER_PX))))
+
+
+def default_min_size(diameter_px: float | None, ndim: int = 3) -> int:
+    """Smallest kept object: 5% of a ball (3D) or disk (2D) of `diameter_px`, at least 15 voxels."""
+    r = 0.5 * (diameter_px or DEFAULT_DIAMETER_PX)
+    volume = 4.0 / 3.0 * math.pi * r**3 if ndim == 3 else math.pi * r**2
+    return max(15, int(0.05 * volume))
+
+
+def flow_halo(niter: int, step: float = 1.0) -> int:
+    """Halo (voxels) that contains every flow path of `niter` steps and its interpolation stencil."""
+    return int(math.ceil(niter * step)) + 2
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. flow following (numba)
+
+
+@numba.njit(cache=True, parallel=True)
+def _follow_kernel(field, coords, offset, gshape, threshold, niter, step, check_every, converged_move):
+    """End points (N, 3) float64 of voxels `coords` (N, 3) int64 (global z, y, x) following the
+    flows of `field` (4, z, y, x), a block of the volume starting at global `offset`, volume shape
+    `gshape`. Returns (ends, escaped): escaped[i] = 1 if a path read outside the block."""
+    n = coords.shape[0]
+    ends = np.empty((n, 3), np.float64)
+    escaped = np.zeros(n, np.uint8)
+    bz, by, bx = field.shape[1], field.shape[2], field.shape[3]
+    gz, gy, gx = gshape[0], gshape[1], gshape[2]
+    for i in numba.prange(n):
+        p0 = float(coords[i, 0])
+        p1 = float(coords[i, 1])
+        p2 = float(coords[i, 2])
+        a0, a1, a2 = p0, p1, p2
+        for t in range(niter):
+            f0 = math.floor(p0)
+            f1 = math.floor(p1)
+            f2 = math.floor(p2)
+            w0 = p0 - f0
+            w1 = p1 - f1
+            w2 = p2 - f2
+            z0 = int(f0)
+            y0 = int(f1)
+            x0 = int(f2)
+            z1 = min(z0 + 1, gz - 1) - offset[0]
+            y1 = min(y0 + 1, gy - 1) - offset[1]
+            x1 = min(x0 + 1, gx - 1) - offset[2]
+            z0 -= offset[0]
+            y0 -= offset[1]
+            x0 -= offset[2]
+            if z0 < 0 or y0 < 0 or x0 < 0 or z1 >= bz or y1 >= by or x1 >= bx:
+                escaped[i] = 1
+                break
+            v0 = 0.0
+            v1 = 0.0
+            v2 = 0.0
+            for cz in range(2):
+                zz = z1 if cz else z0
+                wz = w0 if cz else 1.0 - w0
+                for cy in range(2):
+                    yy = y1 if cy else y0
+                    wy = w1 if cy else 1.0 - w1
+                    for cx in range(2):
+                        xx = x1 if cx else x0
+                        wx = w2 if cx else 1.0 - w2
+                        if field[3, zz, yy, xx] > threshold:
+                            w = wz * wy * wx
+                            v0 += w * field[0, zz, yy, xx]
+                            v1 += w * field[1, zz, yy, xx]
+                            v2 += w * field[2, zz, yy, xx]
+            v0 = min(max(v0, -1.0), 1.0)
+            v1 = min(max(v1, -1.0), 1.0)
+            v2 = min(max(v2, -1.0), 1.0)
+            p0 = min(max(p0 + step * v0, 0.0), gz - 1.0)
+            p1 = min(max(p1 + step * v1, 0.0), gy - 1.0)
+            p2 = min(max(p2 + step * v2, 0.0), gx - 1.0)
+            if (t + 1) % check_every == 0:
+                moved = math.sqrt((p0 - a0) ** 2 + (p1 - a1) ** 2 + (p2 - a2) ** 2)
+                if moved < converged_move:
+                    break
+                a0, a1, a2 = p0, p1, p2
+        ends[i, 0] = p0
+        ends[i, 1] = p1
+        ends[i, 2] = p2
+    return ends, escaped
+
+
+def follow_flows(field, fg_coords, niter: int, step: float = 1.0, prob_threshold: float = 0.5,
+                 offset: Sequence[int] = (0, 0, 0), volume_shape: Sequence[int] | None = None) -> np.ndarray:
+    """End points (N, 3) float64 (z, y, x voxels) of the voxels `fg_coords` (N, 3) following `field`.
+
+    field: (4, z, y, x) = (dz, dy, dx, prob), the whole volume or a block of it starting at `offset`
+    in a volume of shape `volume_shape`; the block must contain every path (see `flow_halo`).
+    """
+    field = np.ascontiguousarray(field, dtype=np.float32)
+    if field.ndim != 4 or field.shape[0] != 4:
+        raise InputError(None, f"flow field must be (4, Z, Y, X), got {field.shape}")
+    gshape = np.asarray(volume_shape if volume_shape is not None else field.shape[1:], np.int64)
+    coords = np.ascontiguousarray(fg_coords, dtype=np.int64).reshape(-1, 3)
+    ends, escaped = _follow_kernel(field, coords, np.asarray(offset, np.int64), gshape, float(prob_threshold),
+                                   int(niter), float(step), CHECK_EVERY, CONVERGED_MOVE)
+    if escaped.any():
+        raise RuntimeError(f"{int(escaped.sum())} flow paths left their block: the halo is too small")
+    return ends
+
+
+@numba.njit(cache=True)
+def _flat_grid_index(ends, gshape):
+    """Flat index (N,) int64 of the grid point nearest each end point (N, 3) (coordinates >= 0)."""
+    n = ends.shape[0]
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        z = int(ends[i, 0] + 0.5)
+        y = int(ends[i, 1] + 0.5)
+        x = int(ends[i, 2] + 0.5)
+        out[i] = (z * gshape[1] + y) * gshape[2] + x
+    return out
+
+
+def block_end_points(field_block, offset: Sequence[int], own: Sequence[slice], volume_shape: Sequence[int],
+                     niter: int, step: float, prob_threshold: float, threads: int | None = None) -> BlockEnds:
+    """Map step for one block: the foreground voxels of the global box `own` (slices) follow
+    `field_block` (4, z, y, x), read with a halo and starting at global `offset`; returns their flat
+    indices and the sparse histogram of their end points (see `BlockEnds`)."""
+    if threads:
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    block = np.ascontiguousarray(np.asarray(field_block), dtype=np.float32)
+    local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(own, offset))
+    coords = np.argwhere(block[3][local] > prob_threshold).astype(np.int64)
+    coords += np.asarray([s.start for s in own], np.int64)
+    gshape = np.asarray(volume_shape, np.int64)
+    voxels = (coords[:, 0] * gshape[1] + coords[:, 1]) * gshape[2] + coords[:, 2]
+    ends = _flat_grid_index(follow_flows(block, coords, niter, step, prob_threshold, offset, volume_shape), gshape)
+    keys, inverse, counts = np.unique(ends, return_inverse=True, return_counts=True)
+    return BlockEnds(voxels, keys, inverse.reshape(-1).astype(np.int64), counts.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. clustering of end points (sparse histogram)
+
+
+@numba.njit(cache=True)
+def _lookup(keys, key):
+    i = np.searchsorted(keys, key)
+    if i < keys.shape[0] and keys[i] == key:
+        return i
+    return -1
+
+
+@numba.njit(cache=True)
+def _neighbour(keys, gshape, i, dz, dy, dx):
+    """Index into `keys` of the grid point (dz, dy, dx) away from keys[i], or -1."""
+    k = keys[i]
+    x = k % gshape[2]
+    y = (k // gshape[2]) % gshape[1]
+    z = k // (gshape[1] * gshape[2])
+    z += dz
+    y += dy
+    x += dx
+    if z < 0 or y < 0 or x < 0 or z >= gshape[0] or y >= gshape[1] or x >= gshape[2]:
+        return -1
+    return _lookup(keys, (z * gshape[1] + y) * gshape[2] + x)
+
+
+@numba.njit(cache=True, parallel=True)
+def _smooth(keys, counts, gshape):
+    """3x3x3 box sum of the sparse histogram at its occupied grid points."""
+    n = keys.shape[0]
+    out = np.zeros(n, np.int64)
+    for i in numba.prange(n):
+        acc = 0
+        for dz in range(-1, 2):
+            for dy in range(-1, 2):
+                for dx in range(-1, 2):
+                    j = _neighbour(keys, gshape, i, dz, dy, dx)
+                    if j >= 0:
+                        acc += counts[j]
+        out[i] = acc
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _seeds(keys, smoothed, gshape, seed_count, radius):
+    """Boolean (M,): occupied points whose smoothed count >= seed_count and beats every occupied
+    point within `radius` (ties go to the lower flat index)."""
+    n = keys.shape[0]
+    out = np.zeros(n, np.bool_)
+    for i in numba.prange(n):
+        if smoothed[i] < seed_count:
+            continue
+        best = True
+        for dz in range(-radius, radius + 1):
+            for dy in range(-radius, radius + 1):
+                for dx in range(-radius, radius + 1):
+                    if dz == 0 and dy == 0 and dx == 0:
+                        continue
+                    j = _neighbour(keys, gshape, i, dz, dy, dx)
+                    if j >= 0 and (smoothed[j] > smoothed[i] or (smoothed[j] == smoothed[i] and j < i)):
+                        best = False
+        out[i] = best
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _grow_once(keys, smoothed, labels, gshape):
+    """One growth step: each unlabelled occupied point joins its strongest labelled 26-neighbour."""
+    n = keys.shape[0]
+    out = labels.copy()
+    for i in numba.prange(n):
+        if labels[i] != 0:
+            continue
+        best = -1
+        for dz in range(-1, 2):
+            for dy in range(-1, 2):
+                for dx in range(-1, 2):
+                    j = _neighbour(keys, gshape, i, dz, dy, dx)
+                    if j >= 0 and labels[j] != 0:
+                        if best < 0 or smoothed[j] > smoothed[best] or (smoothed[j] == smoothed[best] and j < best):
+                            best = j
+        if best >= 0:
+            out[i] = labels[best]
+    return out
+
+
+def cluster_end_points(keys: np.ndarray, counts: np.ndarray, volume_shape: Sequence[int],
+                       seed_count: int = SEED_COUNT, grow_iters: int = GROW_ITERS) -> np.ndarray:
+    """Object id (M,) int64 (0 = none) of each occupied grid point `keys` (sorted flat indices, M)
+    with `counts` end points each."""
+    gshape = np.asarray(volume_shape, np.int64)
+    smoothed = _smooth(keys, counts, gshape)
+    seeds = _seeds(keys, smoothed, gshape, int(seed_count), 2)
+    labels = np.zeros(keys.shape[0], np.int64)
+    labels[seeds] = np.arange(1, int(seeds.sum()) + 1)
+    for _ in range(grow_iters):
+        labels = _grow_once(keys, smoothed, labels, gshape)
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. labels per voxel, size filter, holes, relabel
+
+
+@numba.njit(cache=True)
+def _first_index(flat, n_labels):
+    first = np.full(n_labels + 1, -1, np.int64)
+    for i in range(flat.shape[0]):
+        v = flat[i]
+        if v != 0 and first[v] < 0:
+            first[v] = i
+    return first
+
+
+@numba.njit(cache=True, parallel=True)
+def _apply_lut(flat, lut, out):
+    for i in numba.prange(flat.shape[0]):
+        out[i] = lut[flat[i]]
+
+
+def relabel_by_first_voxel(labels: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """Relabel objects 1..N in the order of their smallest flat voxel index (uint32, same shape);
+    `inplace` reuses `labels` (uint32, C-contiguous) for the result."""
+    labels = np.ascontiguousarray(labels)
+    flat = labels.reshape(-1)
+    n = int(flat.max()) if flat.size else 0
+    first = _first_index(flat, n)
+    present = np.flatnonzero(first >= 0)
+    order = present[np.argsort(first[present], kind="stable")]
+    lut = np.zeros(n + 1, np.uint32)
+    lut[order] = np.arange(1, order.size + 1, dtype=np.uint32)
+    inplace = inplace and labels.dtype == np.uint32
+    out = labels if inplace else np.empty(labels.shape, np.uint32)
+    _apply_lut(flat, lut, out.reshape(-1))
+    return out
+
+
+@numba.njit(cache=True)
+def _first_voxels(voxels, objects, n_objects):
+    """Smallest flat voxel index (n_objects + 1,) of each object id (-1 where absent)."""
+    first = np.full(n_objects + 1, -1, np.int64)
+    for i in range(voxels.shape[0]):
+        o = objects[i]
+        if o != 0 and (first[o] < 0 or voxels[i] < first[o]):
+            first[o] = voxels[i]
+    return first
+
+
+@numba.njit(cache=True)
+def _boxes(voxels, objects, n_objects, gshape):
+    """Bounding boxes (n_objects + 1, 6) = (z0, y0, x0, z1, y1, x1), end exclusive, of object ids."""
+    box = np.empty((n_objects + 1, 6), np.int64)
+    box[:, :3] = np.iinfo(np.int64).max
+    box[:, 3:] = -1
+    for i in range(voxels.shape[0]):
+        o = objects[i]
+        if o == 0:
+            continue
+        v = voxels[i]
+        c = (v // (gshape[1] * gshape[2]), (v // gshape[2]) % gshape[1], v % gshape[2])
+        for a in range(3):
+            box[o, a] = min(box[o, a], c[a])
+            box[o, 3 + a] = max(box[o, 3 + a], c[a] + 1)
+    return box
+
+
+def _fill_holes_in_boxes(labels: np.ndarray, boxes: np.ndarray) -> None:
+    """Fill each object's holes (background voxels only) on its bounding box, in id order; a
+    one-plane volume (Z == 1) is filled in 2D."""
+    work = labels[0] if labels.shape[0] == 1 else labels
+    for index in range(1, boxes.shape[0]):
+        lo, hi = boxes[index, :3], boxes[index, 3:]
+        if hi[0] < 0:
+            continue
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        if labels.shape[0] == 1:
+            box = box[1:]
+        region = work[box]
+        filled = ndimage.binary_fill_holes(region == index)
+        region[filled & (region == 0)] = index
+
+
+def merge_block_ends(blocks: Sequence[BlockEnds]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(keys, counts, per-block key index into keys) of the union of the blocks' sparse histograms."""
+    keys = np.unique(np.concatenate([b.keys for b in blocks])) if blocks else np.zeros(0, np.int64)
+    where = [np.searchsorted(keys, b.keys) for b in blocks]
+    counts = np.zeros(keys.size, np.int64)
+    for w, b in zip(where, blocks):
+        counts[w] += b.counts  # keys are unique within a block
+    return keys, counts, where
+
+
+def labels_from_block_ends(blocks: Sequence[BlockEnds], volume_shape: Sequence[int], min_size: int,
+                           max_size_fraction: float, seed_count: int = SEED_COUNT,
+                           grow_iters: int = GROW_ITERS) -> np.ndarray:
+    """Reduce step: cluster the end points of all blocks into objects, drop objects outside
+    [min_size, max_size_fraction * volume] voxels, number them 1..N by their smallest flat voxel
+    index, label the voxels and fill holes. Returns uint32 labels of `volume_shape`."""
+    shape = tuple(int(s) for s in volume_shape)
+    keys, counts, where = merge_block_ends(blocks)
+    point_labels = cluster_end_points(keys, counts, shape, seed_count, grow_iters)
+    sizes = np.bincount(point_labels, weights=counts, minlength=1)
+    sizes[0] = 0
+    keep = (sizes >= min_size) & (sizes <= max_size_fraction * float(np.prod(shape)))
+    keep[0] = False
+    kept = np.where(keep[point_labels], point_labels, 0)
+    voxels = np.concatenate([b.voxels for b in blocks]) if blocks else np.zeros(0, np.int64)
+    objects = np.concatenate([kept[w[b.inverse]] for w, b in zip(where, blocks)]) if blocks else voxels
+    n = int(sizes.size - 1)
+    first = _first_voxels(voxels, objects, n)
+    present = np.flatnonzero(first >= 0)
+    order = present[np.argsort(first[present], kind="stable")]
+    final = np.zeros(n + 1, np.int64)
+    final[order] = np.arange(1, order.size + 1)
+    objects = final[objects]
+    labels = np.zeros(int(np.prod(shape)), np.uint32)
+    labels[voxels] = objects
+    labels = labels.reshape(shape)
+    _fill_holes_in_boxes(labels, _boxes(voxels, objects, int(order.size), np.asarray(shape, np.int64)))
+    log.info("reconstruct: %d foreground voxels, %d end point sites, %d objects kept of %d",
+             voxels.size, keys.size, int(order.size), n)
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def _check_field(field, name: str = "field") -> tuple[int, int, int]:
+    shape = tuple(getattr(field, "shape", ()))
+    if len(shape) != 4 or shape[0] != 4:
+        raise InputError(None, f"{name} must be float (4, Z, Y, X) = (dz, dy, dx, prob), got shape {shape}")
+    if min(shape) == 0:
+        raise InputError(None, f"{name} is empty: shape {shape}")
+    return shape[1], shape[2], shape[3]
+
+
+def _resolve(diameter_px, niter, min_size, ndim):
+    niter = default_niter(diameter_px) if niter is None else int(niter)
+    min_size = default_min_size(diameter_px, ndim) if min_size is None else int(min_size)
+    return niter, min_size
+
+
+def masks_from_field(field, prob_threshold: float = 0.5, niter: int | None = None, diameter_px: float | None = None,
+                     min_size: int | None = None, max_size_fraction: float = 0.4, step: float = 1.0) -> np.ndarray:
+    """uint32 labels (Z, Y, X) from a field (4, Z, Y, X) = (dz, dy, dx, prob), in one block.
+
+    niter defaults to 2 * diameter_px, min_size to 5% of a ball of diameter_px (>= 15 voxels);
+    diameter_px defaults to DEFAULT_DIAMETER_PX. Identical to `masks_from_field_dask`."""
+    shape = _check_field(field)
+    niter, min_size = _resolve(diameter_px, niter, min_size, 3 if shape[0] > 1 else 2)
+    own = tuple(slice(0, s) for s in shape)
+    ends = block_end_points(np.asarray(field), (0, 0, 0), own, shape, niter, step, prob_threshold)
+    return labels_from_block_ends([ends], shape, min_size, max_size_fraction)
+
+
+def masks_from_flows_2d(flows, prob, prob_threshold: float = 0.5, niter: int | None = None,
+                        diameter_px: float | None = None, min_size: int | None = None,
+                        max_size_fraction: float = 0.4, step: float = 1.0) -> np.ndarray:
+    """uint32 labels (H, W) from 2D flows (2, H, W) = (dy, dx) and a probability map (H, W); the same
+    algorithm as 3D on a one-plane volume (min_size defaults to 5% of a disk of diameter_px)."""
+    flows = np.asarray(flows, np.float32)
+    prob = np.asarray(prob, np.float32)
+    if flows.ndim != 3 or flows.shape[0] != 2 or prob.shape != flows.shape[1:]:
+        raise InputError(None, f"expected flows (2, H, W) and prob (H, W), got {flows.shape} and {prob.shape}")
+    field = np.zeros((4, 1, *prob.shape), np.float32)
+    field[1:3, 0] = flows
+    field[3, 0] = prob
+    return masks_from_field(field, prob_threshold, niter, diameter_px, min_size, max_size_fraction, step)[0]
+
+
+def block_boxes(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, ...]]:
+    """The (z, y, x) boxes of a regular tiling of `shape` by `block`, in C order."""
+    ranges = [[slice(a, min(a + b, s)) for a in range(0, s, b)] for s, b in zip(shape, block)]
+    return [(z, y, x) for z in ranges[0] for y in ranges[1] for x in ranges[2]]
+
+
+def _read_block(field, box: tuple[slice, ...]) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(field[(slice(None),) + box]), dtype=np.float32)
+
+
+def _block_task(field, own, halo, shape, niter, step, prob_threshold, threads):
+    box = tuple(slice(max(0, s.start - halo), min(n, s.stop + halo)) for s, n in zip(own, shape))
+    offset = tuple(b.start for b in box)
+    return block_end_points(_read_block(field, box), offset, own, shape, niter, step, prob_threshold, threads)
+
+
+def _compute(tasks, scheduler, workers):
+    import dask
+
+    if scheduler is None or scheduler in ("threads", "threading"):
+        return dask.compute(*tasks, scheduler="threads", num_workers=workers)
+    if scheduler in ("sync", "synchronous", "single-threaded"):
+        return dask.compute(*tasks, scheduler="synchronous")
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        return scheduler.compute(list(tasks), sync=True)
+    with Client(scheduler) as client:
+        return client.compute(list(tasks), sync=True)
+
+
+def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int | None = None, scheduler=None,
+                          workers: int | None = None, prob_threshold: float = 0.5, niter: int | None = None,
+                          diameter_px: float | None = None, min_size: int | None = None,
+                          max_size_fraction: float = 0.4, step: float = 1.0, out=None) -> np.ndarray:
+    """uint32 labels (Z, Y, X) from a field (4, Z, Y, X) (numpy, zarr or dask), flow following run
+    per (z, y, x) `block` with dask; identical to `masks_from_field` (same parameters).
+
+    halo: voxels read around each block (default and minimum: flow_halo(niter, step)). scheduler:
+    None / "threads" (dask threads, `workers` of them, default all cores), "sync", a
+    dask.distributed Client or a scheduler address. Each task uses one numba thread. out: optional
+    zarr array (Z, Y, X) the labels are also written to."""
+    shape = _check_field(field)
+    niter, min_size = _resolve(diameter_px, niter, min_size, 3 if shape[0] > 1 else 2)
+    need = flow_halo(niter, step)
+    halo = need if halo is None else int(halo)
+    if halo < need:
+        raise InputError(None, f"halo {halo} is below the flow path length {need} (niter {niter}, step {step})")
+    block = tuple(int(b) for b in (block or DEFAULT_BLOCK))
+    if len(block) != 3 or min(block) < 1:
+        raise InputError(None, f"block must be three positive sizes (z, y, x), got {block}")
+    workers = int(workers or os.cpu_count() or 1)
+    import dask
+
+    boxes = block_boxes(shape, block)
+    source = dask.delayed(field, name=f"reconstruct-field-{uuid.uuid4().hex}", traverse=False)
+    task = dask.delayed(_block_task, pure=True)
+    tasks = [task(source, own, halo, shape, niter, step, prob_threshold, 1) for own in boxes]
+    log.info("reconstruct: %d blocks of %s, halo %d, %d workers", len(boxes), block, halo, workers)
+    results = _compute(tasks, scheduler, workers)
+    labels = labels_from_block_ends(list(results), shape, min_size, max_size_fraction)
+    if out is not None:
+        for own in boxes:
+            out[own] = labels[own]
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# xy-only baseline: 2D masks per slice, stitched along z
+
+
+def _pair_overlaps(prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(prev ids, cur ids, overlap voxels, prev sizes, cur sizes) of overlapping pairs of two slices."""
+    both = (prev > 0) & (cur > 0)
+    pairs = (prev[both].astype(np.uint64) << np.uint64(32)) | cur[both].astype(np.uint64)
+    uniq, inter = np.unique(pairs, return_counts=True)
+    p = (uniq >> np.uint64(32)).astype(np.int64)
+    c = (uniq & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    prev_sizes = np.bincount(prev.ravel().astype(np.int64))
+    cur_sizes = np.bincount(cur.ravel().astype(np.int64))
+    return p, c, inter, prev_sizes[p], cur_sizes[c]
+
+
+def stitch_slices(masks, iou_threshold: float = 0.25) -> np.ndarray:
+    """Link per-slice 2D masks (Z, Y, X) into 3D objects: a mask of slice z takes the id of the mask of
+    slice z-1 it overlaps best, if their IoU >= iou_threshold and it is that mask's best partner too;
+    otherwise it starts a new object. Returns uint32 labels relabelled 1..N by first voxel."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise InputError(None, f"stitch_slices expects (Z, Y, X) masks, got {masks.shape}")
+    out = np.zeros(masks.shape, np.uint32)
+    next_id = 1
+    for z in range(masks.shape[0]):
+        cur = masks[z].astype(np.int64)
+        ids = np.unique(cur[cur > 0])
+        lut = np.zeros(int(cur.max()) + 1 if cur.size else 1, np.uint32)
+        if z > 0 and ids.size:
+            p, c, inter, sp, sc = _pair_overlaps(out[z - 1], cur)
+            iou = inter / (sp + sc - inter)
+            ok = iou >= iou_threshold
+            p, c, iou = p[ok], c[ok], iou[ok]
+            # best partner per cur and per prev (ties: lower id), keep mutual best pairs
+            order = np.lexsort((p, -iou))
+            best_c = {}
+            best_p = {}
+            for k in order:
+                best_c.setdefault(int(c[k]), int(p[k]))
+                best_p.setdefault(int(p[k]), int(c[k]))
+            for ci, pi in best_c.items():
+                if best_p.get(pi) == ci:
+                    lut[ci] = pi
+        for ci in ids:
+            if lut[ci] == 0:
+                lut[ci] = next_id
+                next_id += 1
+        out[z] = lut[cur]
+    return relabel_by_first_voxel(out)
+
+
+def xy_stitch_from_views(xy, prob_threshold: float = 0.5, niter: int | None = None, diameter_px: float | None = None,
+                         min_size: int | None = None, iou_threshold: float = 0.25) -> np.ndarray:
+    """The xy-only baseline: 2D masks of every z slice of the xy view (3, Z, Y, X) = (dy, dx, logit),
+    stitched along z. Returns uint32 labels (Z, Y, X)."""
+    shape = tuple(getattr(xy, "shape", ()))
+    if len(shape) != 4 or shape[0] != 3:
+        raise InputError(None, f"xy view must be (3, Z, Y, X) = (dy, dx, logit), got shape {shape}")
+    slices = np.zeros(shape[1:], np.uint32)
+    for z in range(shape[1]):
+        plane = np.asarray(xy[:, z], np.float32)
+        prob = 1.0 / (1.0 + np.exp(-plane[2]))
+        slices[z] = masks_from_flows_2d(plane[:2], prob, prob_threshold, niter, diameter_px, min_size)
+    return stitch_slices(slices, iou_threshold)

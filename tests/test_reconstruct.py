@@ -1,0 +1,237 @@
+"""Tests of mediar3d.reconstruct: oracle flows reconstruct their labels, dask blocks give exactly the
+single-block result (threads and dask.distributed), runs are bit-identical, 2D masks, stitching."""
+
+import numpy as np
+import pytest
+
+from mediar3d.errors import InputError
+from mediar3d.evaluate import evaluate_frame, seg_score
+from mediar3d.flows import labels_to_flows_2d, labels_to_flows_3d
+from mediar3d.reconstruct import (
+    block_boxes,
+    flow_halo,
+    masks_from_field,
+    masks_from_field_dask,
+    masks_from_flows_2d,
+    relabel_by_first_voxel,
+    stitch_slices,
+    xy_stitch_from_views,
+)
+
+SHAPE = (48, 96, 96)
+DIAMETER = 8.0
+
+
+def jittered_spheres(shape=SHAPE, spacing=10, radius=4.0, seed=0) -> np.ndarray:
+    """uint32 labels: balls of ~`radius` on a jittered grid with `spacing` (324 objects in SHAPE)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint32)
+    grids = [range(spacing // 2, s - spacing // 2 + 1, spacing) if s > 1 else [0] for s in shape]
+    count = 0
+    for cz in grids[0]:
+        for cy in grids[1]:
+            for cx in grids[2]:
+                centre = np.array([cz, cy, cx]) + rng.uniform(-1, 1, 3) * (np.array(shape) > 1)
+                r = radius * rng.uniform(0.85, 1.15)
+                box = tuple(slice(max(0, int(c - r - 1)), min(s, int(c + r + 2))) for c, s in zip(centre, shape))
+                grid = np.ogrid[box]
+                inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= r * r
+                count += 1
+                labels[box][inside] = count
+    return labels
+
+
+def oracle_field(labels: np.ndarray) -> np.ndarray:
+    """(4, Z, Y, X) float32 = true unit flows of `labels` and prob 1 inside / 0 outside."""
+    prob = (labels > 0).astype(np.float32)[None]
+    return np.concatenate([labels_to_flows_3d(labels), prob]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def spheres():
+    labels = jittered_spheres()
+    return labels, oracle_field(labels)
+
+
+@pytest.fixture(scope="module")
+def single(spheres):
+    return masks_from_field(spheres[1], diameter_px=DIAMETER)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True if two label images split the voxels identically (labels may be permuted)."""
+    if a.shape != b.shape or not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def test_oracle_flows_reconstruct_their_labels(spheres, single):
+    labels, _ = spheres
+    assert labels.max() >= 300
+    assert single.dtype == np.uint32 and single.shape == labels.shape
+    assert seg_score(single, labels) >= 0.97
+    assert evaluate_frame(single, labels)["ap50"] >= 0.97
+
+
+def test_same_run_twice_is_bit_identical(spheres, single):
+    again = masks_from_field(spheres[1], diameter_px=DIAMETER)
+    assert again.tobytes() == single.tobytes()
+
+
+def test_dask_blocks_equal_single_block(spheres, single):
+    block = (24, 32, 32)
+    assert len(block_boxes(SHAPE, block)) >= 8
+    blocked = masks_from_field_dask(spheres[1], block=block, diameter_px=DIAMETER, workers=2)
+    assert same_partition(blocked, single)
+    # the relabelling order is global too, so the labels are identical, not only a permutation
+    assert np.array_equal(blocked, single)
+
+
+def test_dask_on_zarr_with_output_array(spheres, single, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    src = zarr.open_array(str(tmp_path / "field.zarr"), mode="w", shape=spheres[1].shape,
+                          chunks=(4, 16, 32, 32), dtype="float32")
+    src[:] = spheres[1]
+    out = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=SHAPE, chunks=(16, 32, 32), dtype="uint32")
+    blocked = masks_from_field_dask(src, block=(16, 48, 48), diameter_px=DIAMETER, scheduler="sync", out=out)
+    assert np.array_equal(blocked, single)
+    assert np.array_equal(out[:], single)
+
+
+def test_dask_distributed_local_cluster_equals_threads(spheres, single):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster:
+        result = masks_from_field_dask(spheres[1], block=(24, 48, 48), diameter_px=DIAMETER,
+                                       scheduler=cluster.scheduler_address)
+    assert np.array_equal(result, single)
+
+
+def test_halo_too_small_is_refused(spheres):
+    with pytest.raises(InputError, match="halo"):
+        masks_from_field_dask(spheres[1], block=(24, 48, 48), diameter_px=DIAMETER,
+                              halo=flow_halo(16) - 1, niter=16)
+
+
+def test_wrong_field_shape_is_refused():
+    with pytest.raises(InputError, match="4, Z, Y, X"):
+        masks_from_field(np.zeros((3, 4, 4, 4), np.float32))
+
+
+def test_swapped_flow_axes_break_objects(spheres, single):
+    """The oracle test can fail: a field with dy and dx exchanged does not give the labels back."""
+    labels, field = spheres
+    bad = masks_from_field(field[[0, 2, 1, 3]][:, :24, :48, :48], diameter_px=DIAMETER)
+    good = single[:24, :48, :48]
+    assert seg_score(bad, labels[:24, :48, :48]) < seg_score(good, labels[:24, :48, :48]) - 0.1
+
+
+def test_size_filter_and_empty_field(spheres):
+    labels, field = spheres
+    big = masks_from_field(field, diameter_px=DIAMETER, min_size=10_000)
+    assert big.max() == 0
+    empty = np.zeros((4, 8, 16, 16), np.float32)
+    assert masks_from_field(empty).max() == 0
+
+
+def test_masks_from_flows_2d_reconstruct_a_label_image():
+    labels = jittered_spheres((1, 96, 96), radius=4.0, seed=3)[0]
+    assert labels.max() == 81
+    flows = labels_to_flows_2d(labels)
+    pred = masks_from_flows_2d(flows, (labels > 0).astype(np.float32), diameter_px=DIAMETER)
+    assert pred.shape == labels.shape and pred.dtype == np.uint32
+    assert pred.max() == labels.max()
+    assert seg_score(pred[None], labels[None]) >= 0.97
+
+
+def test_relabel_orders_by_first_voxel():
+    labels = np.array([[0, 7, 7], [3, 3, 0], [9, 0, 0]], np.uint32)
+    assert relabel_by_first_voxel(labels).tolist() == [[0, 1, 1], [2, 2, 0], [3, 0, 0]]
+
+
+def test_stitch_slices_links_overlapping_masks():
+    masks = np.zeros((3, 10, 10), np.uint32)
+    masks[0, 1:5, 1:5] = 4          # object A
+    masks[1, 1:5, 2:6] = 1          # A continues (IoU 0.6)
+    masks[1, 6:9, 6:9] = 2          # new object B
+    masks[2, 6:9, 6:9] = 5          # B continues
+    masks[2, 0:2, 8:10] = 6         # new object C, overlaps nothing
+    out = stitch_slices(masks)
+    assert out[0, 1, 1] == out[1, 1, 2] == 1
+    assert out[1, 6, 6] == out[2, 6, 6] == 2
+    assert out[2, 0, 8] == 3
+    assert out.max() == 3
+    # a weak overlap (IoU < threshold) starts a new object
+    weak = masks.copy()
+    weak[1, 1:5, 2:6] = 0
+    weak[1, 4:8, 4:8] = 1
+    assert stitch_slices(weak).max() == 4
+
+
+def test_xy_stitch_from_views_recovers_columns():
+    """Straight columns (the same 2D labels in every slice) come back as one object per column."""
+    plane = jittered_spheres((1, 64, 64), radius=4.0, seed=5)[0]
+    flows = labels_to_flows_2d(plane)
+    nz = 5
+    xy = np.zeros((3, nz, *plane.shape), np.float32)
+    xy[:2] = flows[:, None]
+    xy[2] = np.where(plane > 0, 8.0, -8.0)[None]
+    labels = xy_stitch_from_views(xy, diameter_px=DIAMETER)
+    gt = np.repeat(plane[None], nz, axis=0)
+    assert labels.max() == plane.max()
+    assert seg_score(labels, gt) >= 0.97
+
+
+def test_cli_reconstructs_field_zarr_to_original_grid(spheres, single, tmp_path):
+    from mediar3d.cli import main
+    from mediar3d.io import store
+    from mediar3d.io.ctc import read_labels
+    from mediar3d.resample import labels_to_original
+
+    labels, field = spheres
+    original = (24, 96, 96)  # anisotropy 2 along z
+    attrs = {"original_shape": list(original), "zoom": [2.0, 1.0, 1.0]}
+    store.write_array(tmp_path / "field.zarr", field, chunks=(4, 16, 32, 32), attrs=attrs)
+    out = tmp_path / "mask000.tif"
+    argv = ["reconstruct", "--input", str(tmp_path / "field.zarr"), "--out", str(out), "--method", "mediar3d",
+            "--prob-threshold", "0.5", "--diameter-px", str(DIAMETER), "--block", "24", "48", "48", "--workers", "2"]
+    assert main(argv) == 0
+    mask = read_labels(out)
+    assert mask.shape == original
+    assert np.array_equal(mask, labels_to_original(single, original))
+
+
+def test_cli_xy_stitch_and_classical(tmp_path):
+    from mediar3d.cli import main
+    from mediar3d.io import store
+    from mediar3d.io.ctc import read_labels
+
+    plane = jittered_spheres((1, 64, 64), radius=4.0, seed=5)[0]
+    gt = np.repeat(plane[None], 6, axis=0)
+    xy = np.zeros((3, *gt.shape), np.float32)
+    xy[:2] = labels_to_flows_2d(plane)[:, None]
+    xy[2] = np.where(gt > 0, 8.0, -8.0)
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "views.zarr"), mode="w")
+    group.attrs.update({"original_shape": list(gt.shape), "zoom": [1.0, 1.0, 1.0]})
+    group.create_array("xy", shape=xy.shape, chunks=(3, 6, 32, 32), dtype="float32")[:] = xy
+    assert main(["reconstruct", "--input", str(tmp_path / "views.zarr"), "--out", str(tmp_path / "xy.tif"),
+                 "--method", "xy-stitch", "--diameter-px", str(DIAMETER)]) == 0
+    assert seg_score(read_labels(tmp_path / "xy.tif"), gt) >= 0.97
+
+    iso = np.where(gt > 0, 1.0, 0.0).astype(np.float32)
+    store.write_array(tmp_path / "iso.zarr", iso, attrs={"original_shape": list(gt.shape), "zoom": [1.0, 1.0, 1.0]})
+    assert main(["reconstruct", "--input", str(tmp_path / "iso.zarr"), "--out", str(tmp_path / "cl.tif"),
+                 "--method", "classical", "--diameter-px", str(DIAMETER)]) == 0
+    assert read_labels(tmp_path / "cl.tif").max() > 0
+
+
+def test_cli_rejects_a_field_of_the_wrong_shape(tmp_path, capsys):
+    from mediar3d.cli import main
+    from mediar3d.io import store
+
+    store.write_array(tmp_path / "bad.zarr", np.zeros((3, 4, 8, 8), np.float32))
+    assert main(["reconstruct", "--input", str(tmp_path / "bad.zarr"), "--out", str(tmp_path / "m.tif")]) == 1
+    assert "bad.zarr" in capsys.readouterr().err
