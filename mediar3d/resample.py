@@ -301,6 +301,8 @@ def resample_frame(volume, voxel_size: Sequence[float], out, *, percentiles: Seq
     zoom = zoom_factors(voxel_size, diameter_um, train_diameter_px)
     norm_range = percentile_range(volume, percentiles)
     attrs = iso_attrs(voxel_size, volume.shape, zoom, source, timepoint, norm_range, percentiles)
+    if diameter_um:  # the expected object diameter on the iso grid, for reconstruct's defaults
+        attrs["diameter_px"] = float(diameter_um) / attrs["iso_voxel_um"]
     log.info("%s t=%d: voxel %s um -> iso %.3f um, zoom %s, normalization range %s",
              source, timepoint, tuple(voxel_size), attrs["iso_voxel_um"], tuple(round(f, 3) for f in zoom), norm_range)
     return resample_to_iso(volume, zoom, out, norm_range=norm_range, chunks=chunks, attrs=attrs)

@@ -125,3 +125,14 @@ def test_real_embryo_gt_round_trip_and_diameter():
     assert up.shape == (112, 120, 122)
     np.testing.assert_array_equal(rs.labels_to_original(up, gt.shape), gt)
     assert 8.0 < rs.diameter_from_labels(gt, voxel) < 25.0  # 8-cell embryo nuclei, um
+
+
+def test_resample_frame_records_the_expected_diameter_when_rescaling(tmp_path):
+    vol = np.random.default_rng(3).integers(0, 1000, (6, 24, 24)).astype(np.uint16)
+    out = rs.resample_frame(vol, (2.0, 0.5, 0.5), tmp_path / "iso.zarr", diameter_um=7.0, train_diameter_px=14)
+    attrs = zarr.open_array(str(out), mode="r").attrs if not hasattr(out, "attrs") else out.attrs
+    assert attrs["iso_voxel_um"] == pytest.approx(0.5)
+    assert attrs["diameter_px"] == pytest.approx(14.0)
+    plain = rs.resample_frame(vol, (2.0, 0.5, 0.5), tmp_path / "plain.zarr")
+    plain_attrs = zarr.open_array(str(plain), mode="r").attrs if not hasattr(plain, "attrs") else plain.attrs
+    assert "diameter_px" not in plain_attrs

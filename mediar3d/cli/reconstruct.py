@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=int, default=None, metavar="N",
                         help="drop objects below N voxels of the iso grid (default: from --diameter-px)")
     parser.add_argument("--diameter-px", type=float, default=None, metavar="D",
-                        help="typical object diameter in iso voxels; sets flow steps and min size (default 30)")
+                        help="typical object diameter in iso voxels; sets flow steps and min size "
+                        "(default: the iso attrs' diameter_px, recorded when resample rescaled objects, else 30)")
     parser.add_argument("--block", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="dask block size in iso voxels (default 128 256 256)")
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="parallel workers (default: all cores)")
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or os.cpu_count() or 1
     numba.set_num_threads(max(1, min(int(workers), numba.config.NUMBA_NUM_THREADS)))
     array, attrs = _open(args.input, args.method)
+    if args.diameter_px is None and attrs.get("diameter_px"):
+        args.diameter_px = float(attrs["diameter_px"])  # objects were rescaled to the model's diameter
     labels_iso = reconstruct_iso(array, args.method, args)
     original = _original_shape(attrs, args.input, labels_iso.shape)
     labels = labels_iso if tuple(labels_iso.shape) == original else labels_to_original(labels_iso, original)
