@@ -1,0 +1,148 @@
+"""Synthetic CTC datasets: determinism, GT/image agreement, layout, metadata, lineage, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from mediar3d.cli import main
+from mediar3d.io.ctc import discover_dataset, read_tracks, read_voxel_size
+from mediar3d.synthetic import PRESETS, gt_slice_indices, make_dataset, resolve_preset, synth_sequence
+
+
+@pytest.fixture(scope="module")
+def tiny_ds(tmp_path_factory):
+    return make_dataset("tiny", 3, tmp_path_factory.mktemp("syn") / "tiny", frames=4)
+
+
+def test_presets_exist():
+    assert {"zebrafish", "celegans", "sparse", "tiny"} <= set(PRESETS)
+    assert PRESETS["zebrafish"].voxel_size == (2.0, 0.5, 0.5)
+    assert PRESETS["celegans"].anisotropy == pytest.approx(10.0)
+
+
+def test_deterministic_per_seed():
+    a, b, c = synth_sequence("tiny", 7), synth_sequence("tiny", 7), synth_sequence("tiny", 8)
+    for fa, fb in zip(a.frames, b.frames):
+        np.testing.assert_array_equal(fa.image, fb.image)
+        np.testing.assert_array_equal(fa.labels, fb.labels)
+    assert a.tracks == b.tracks
+    assert not np.array_equal(a.frames[0].image, c.frames[0].image)
+
+
+def test_gt_matches_image():
+    seq = synth_sequence("sparse", 1, frames=2)
+    for fr in seq.frames:
+        assert fr.image.dtype == np.uint16 and fr.labels.dtype == np.uint16
+        assert fr.image.shape == fr.labels.shape == PRESETS["sparse"].shape
+        inside, outside = fr.image[fr.labels > 0].mean(), fr.image[fr.labels == 0].mean()
+        assert inside > outside + 5 * fr.image[fr.labels == 0].std() ** 0.5
+        assert inside > 1.4 * outside
+        # every labelled object is brighter than the background around it
+        ids = np.unique(fr.labels)[1:]
+        assert len(ids) >= 8
+        means = np.array([fr.image[fr.labels == i].mean() for i in ids])
+        assert (means > outside).mean() > 0.9
+
+
+def test_anisotropy_override_keeps_depth():
+    p = resolve_preset("tiny", anisotropy=4.0)
+    assert p.shape == (4, 48, 48) and p.voxel_size == (2.0, 0.5, 0.5)
+    seq = synth_sequence("tiny", 0, frames=1, anisotropy=4.0)
+    assert seq.frames[0].image.shape == (4, 48, 48) and seq.voxel_size[0] == 2.0
+    seq = synth_sequence("tiny", 0, frames=1, shape=(6, 40, 56))
+    assert seq.frames[0].labels.shape == (6, 40, 56)
+
+
+def test_count_grows_with_divisions():
+    seq = synth_sequence("celegans", 2, frames=4, shape=(8, 128, 128))
+    counts = [len(np.unique(f.labels)) - 1 for f in seq.frames]
+    assert counts[-1] > 1.3 * counts[0], counts
+    parents = [r for r in seq.tracks if r[3]]
+    assert parents
+    ends = {r[0]: r[2] for r in seq.tracks}
+    for lab, b, e, par in parents:
+        assert ends[par] == b - 1
+    # labels in each frame are exactly the tracks alive then
+    for fr in seq.frames:
+        alive = {r[0] for r in seq.tracks if r[1] <= fr.t <= r[2]}
+        assert set(np.unique(fr.labels)[1:].tolist()) == alive
+
+
+def test_dataset_layout_and_metadata(tiny_ds):
+    ds = discover_dataset(tiny_ds)
+    seq = ds.sequences["01"]
+    assert seq.timepoints == [0, 1, 2, 3]
+    assert sorted(seq.gt_full) == [0, 2] and sorted(seq.gt_slices) == [1, 3]
+    assert sorted(seq.gt_slices[1]) == gt_slice_indices(8) and len(seq.gt_slices[1]) >= 2
+    assert read_voxel_size(seq.frames[0]) == pytest.approx((1.0, 0.5, 0.5))
+    info = json.loads((tiny_ds / "dataset.json").read_text())
+    assert info["voxel_size_zyx_um"] == [1.0, 0.5, 0.5] and info["shape_zyx"] == [8, 48, 48]
+    assert info["n_frames"] == 4 and info["preset"] == "tiny" and info["seed"] == 3
+    assert len(info["objects_per_frame"]) == 4 and min(info["objects_per_frame"]) > 0
+    for name in ("name", "version"):
+        assert name in info
+
+
+def test_slice_gt_equals_full_labels(tiny_ds):
+    seq = discover_dataset(tiny_ds).sequences["01"]
+    full = tifffile.imread(tiny_ds / "01_GT" / "TRA" / "man_track001.tif")
+    for z, path in seq.gt_slices[1].items():
+        np.testing.assert_array_equal(tifffile.imread(path), full[z])
+    np.testing.assert_array_equal(tifffile.imread(seq.gt_full[2]),
+                                  tifffile.imread(tiny_ds / "01_GT" / "TRA" / "man_track002.tif"))
+
+
+def test_track_file_consistent_with_masks(tiny_ds):
+    rows = read_tracks(tiny_ds / "01_GT" / "TRA" / "man_track.txt")
+    assert len(rows)
+    spans = {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+    for r in rows:
+        if r[3]:
+            assert spans[int(r[3])][1] == r[1] - 1
+    for t in range(4):
+        lab = tifffile.imread(tiny_ds / "01_GT" / "TRA" / f"man_track{t:03d}.tif")
+        assert set(np.unique(lab)[1:].tolist()) == {k for k, (b, e) in spans.items() if b <= t <= e}
+
+
+def test_cli_tiny_with_preview(tmp_path, capsys):
+    out = tmp_path / "cli_ds"
+    assert main(["synth", "--preset", "tiny", "--seed", "1", "--out", str(out), "--frames", "2", "--preview"]) == 0
+    text = capsys.readouterr().out
+    assert str(out) in text and "objects per frame" in text
+    assert (out / "01" / "t001.tif").is_file() and (out / "preview" / "t000.png").is_file()
+    assert (out / "01_GT" / "TRA" / "man_track.txt").is_file()
+
+
+def test_bad_overrides_raise_config_error(tmp_path, capsys):
+    from mediar3d.errors import ConfigError
+
+    for kwargs in ({"frames": 0}, {"anisotropy": 0.0}, {"shape": (0, 10, 10)}):
+        with pytest.raises(ConfigError):
+            resolve_preset("tiny", **kwargs)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        resolve_preset("nope")
+    assert main(["synth", "--preset", "tiny", "--out", str(tmp_path / "x"), "--frames", "0"]) == 1
+    assert "frames must be >= 1" in capsys.readouterr().err
+
+
+def test_photobleaching_dims_later_frames():
+    import dataclasses
+
+    p = dataclasses.replace(PRESETS["tiny"], bleach=0.5, speed=0.0, jitter=0.0, frames=3)
+    seq = synth_sequence(p, 4)
+    off = p.offset
+    signal = [float(f.image[f.labels > 0].mean()) - off for f in seq.frames]
+    assert signal[2] < 0.75 * signal[0], signal
+
+
+def test_cli_anisotropy_and_shape(tmp_path, capsys):
+    out = tmp_path / "aniso"
+    assert main(["synth", "--preset", "tiny", "--seed", "2", "--out", str(out), "--frames", "1",
+                 "--anisotropy", "4", "--shape", "8", "40", "40"]) == 0
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["shape_zyx"] == [4, 40, 40] and info["voxel_size_zyx_um"] == [2.0, 0.5, 0.5]
+    assert tifffile.imread(out / "01" / "t000.tif").shape == (4, 40, 40)
