@@ -322,8 +322,11 @@ def main() -> int:
         "",
         f"dask (1 and 2 workers) labels identical to the single-block labels: {identical}",
         "",
-        f"2 workers vs 1 worker, measured (wall): {speed_2w:.2f}x. On this loaded machine a process got about "
-        "one core (CPU s ~ wall s even for Cellpose's 2 torch threads), so the measured scaling says little. "
+        f"2 workers vs 1 worker, measured (wall): {speed_2w:.2f}x. On this loaded machine the runs got "
+        f"{cp['cpu_seconds'] / cp['seconds']:.2f} (Cellpose, 2 threads), "
+        f"{runs['dask-1']['cpu_seconds'] / runs['dask-1']['seconds']:.2f} (1 worker) and "
+        f"{best['cpu_seconds'] / best['seconds']:.2f} (2 workers) cores on average (CPU s / wall s), "
+        "so the measured scaling says little. "
         f"Load-independent projection from the CPU time of each map task run alone (blocks "
         f"{', '.join(f'{t:.2f}' for t in task_cpu['blocks'])} s) and of the reduce ({task_cpu['reduce']:.2f} s), "
         f"blocks longest-first on 2 free cores: {projected_2w:.2f}x.",

@@ -19,8 +19,11 @@ Algorithm (Cellpose's idea, own implementation):
 
 `masks_from_field_dask` splits step 1 into blocks with a halo of ceil(niter * step) + 2 voxels: a
 path moves at most `step` voxels per axis per step, so every path and every interpolation stays
-inside its block's halo and reads the same values as in one block; steps 2-3 run once on all end
-points. `masks_from_field` is the same code with one block, so both give identical labels.
+inside its block's halo and reads the same values as in one block. Each block returns its voxels'
+flat indices and the sparse histogram of their end points; steps 2-3 run once on the merged
+histogram (O(foreground voxels), no full-volume pass except writing the labels).
+`masks_from_field` is the same code with one block, so both give identical labels (not only up to
+a permutation).
 """
 
 from __future__ import annotations
