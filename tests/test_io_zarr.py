@@ -5,7 +5,7 @@ import pytest
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
-from mediar3d.cli.omezarr import sequence_to_ome_zarr
+from mediar3d.cli.omezarr import image_to_ome_zarr, sequence_to_ome_zarr
 from mediar3d.errors import InputError
 from mediar3d.io import ctc, store
 from mediar3d.io.omezarr import read_ome_zarr, read_ome_zarr_labels, write_ome_zarr
@@ -95,3 +95,18 @@ def test_interrupted_store_write_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(InputError, match="does not exist"):
         store.open_array(tmp_path / "f.zarr")
+
+
+def test_ome_zarr_input_gets_its_masks_as_labels(tmp_path):
+    image, labels = _series(t=2, shape=(4, 20, 24))
+    write_ome_zarr(tmp_path / "in.ome.zarr", image, VOXEL)
+    for t in range(2):
+        ctc.write_mask(tmp_path / "res" / f"mask{t:03d}.tif", labels[t])
+    out = image_to_ome_zarr(tmp_path / "in.ome.zarr", tmp_path / "out.ome.zarr", tmp_path / "res")
+    back, voxel = read_ome_zarr(out)
+    assert voxel == pytest.approx(VOXEL)
+    np.testing.assert_array_equal(back.compute(), image)
+    np.testing.assert_array_equal(read_ome_zarr_labels(out).compute(), labels)
+    (tmp_path / "res" / "mask001.tif").unlink()
+    with pytest.raises(InputError, match=r"missing for frames \[1\]"):
+        image_to_ome_zarr(tmp_path / "in.ome.zarr", tmp_path / "out2.ome.zarr", tmp_path / "res")

@@ -304,3 +304,27 @@ def test_added_frame_runs_only_its_jobs(first_run, workdir, dataset):
     assert {"logs/aggregate/tiny.log", "logs/report/report.log", "logs/info/tiny.log"} <= rerun
     assert (out / "tiny" / "01_RES" / f"mask{new}.tif").is_file()
     assert sorted(pd.read_csv(out / "report" / "per_timepoint.csv")["timepoint"]) == list(range(FRAMES + 1))
+
+
+@pytest.mark.slow
+def test_ome_zarr_input_gives_res_folder_and_labelled_ome_zarr(tmp_path):
+    """An OME-Zarr dataset (classical method: no network, fast) ends in a CTC RES folder and an
+    OME-Zarr holding the image and labels/cells."""
+    from mediar3d.cli import main
+    from mediar3d.io.omezarr import read_ome_zarr, read_ome_zarr_labels
+
+    assert main(["synth", "--preset", "tiny", "--seed", "3", "--frames", "2", "--out", str(tmp_path / "tiny")]) == 0
+    assert main(["to-omezarr", "--ctc", str(tmp_path / "tiny" / "01"), "--out", str(tmp_path / "img.ome.zarr")]) == 0
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"out": "res", "method": "classical",
+                                      "datasets": {"emb": {"path": str(tmp_path / "img.ome.zarr")}}}))
+    snakemake(tmp_path, "--configfile", str(config), "--cores", "2")
+    res = tmp_path / "res" / "emb" / "img_RES"
+    assert sorted(p.name for p in res.iterdir() if not p.name.startswith(".")) == [
+        "mask000.tif", "mask001.tif", "res_track.txt"]
+    image, _ = read_ome_zarr(tmp_path / "img.ome.zarr")
+    out_image, voxel = read_ome_zarr(tmp_path / "res" / "emb" / "img.ome.zarr")
+    np.testing.assert_array_equal(out_image.compute(), image.compute())
+    labels = read_ome_zarr_labels(tmp_path / "res" / "emb" / "img.ome.zarr").compute()
+    np.testing.assert_array_equal(labels[1], tifffile.imread(res / "mask001.tif"))
+    assert labels.max() > 0

@@ -1,5 +1,6 @@
-"""`mediar3d to-omezarr --ctc SEQ [--res RES] --out OUT.zarr`: a CTC sequence (and its result masks)
-as one OME-Zarr image (t, c, z, y, x) with a `labels/cells` label image that napari opens."""
+"""`mediar3d to-omezarr (--ctc SEQ | --image IN.ome.zarr) [--res RES] --out OUT.zarr`: a CTC sequence
+or an OME-Zarr input, with its result masks, as one OME-Zarr image (t, c, z, y, x) with a
+`labels/cells` label image that napari opens."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ import numpy as np
 
 from mediar3d.errors import InputError
 from mediar3d.io import ctc
-from mediar3d.io.omezarr import write_ome_zarr
+from mediar3d.io.omezarr import read_ome_zarr, write_ome_zarr
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ctc", type=Path, required=True, help="CTC sequence folder (<dataset>/01)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ctc", type=Path, help="CTC sequence folder (<dataset>/01)")
+    source.add_argument("--image", type=Path, help="OME-Zarr image (the workflow's OME-Zarr input)")
     parser.add_argument("--res", type=Path, help="CTC result folder with maskTTT.tif (stored as labels/cells)")
     parser.add_argument("--out", type=Path, required=True, help="output OME-Zarr path")
     parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), help="voxel size in um")
@@ -50,7 +53,32 @@ def sequence_to_ome_zarr(seq_dir: Path, out: Path, res_dir: Path | None = None,
     return write_ome_zarr(out, image, voxel_size, labels=labels)
 
 
+def _result_masks(res_dir: Path, n_frames: int) -> list[Path]:
+    """maskTTT.tif of frames 0..n_frames-1 (any digit count); a missing one is an error."""
+    found = {int(m.group(1)): p for p in res_dir.glob("mask*.tif") if (m := ctc.MASK_RE.match(p.name))}
+    missing = sorted(set(range(n_frames)) - set(found))
+    if missing:
+        raise InputError(res_dir, f"result masks missing for frames {missing[:5]}")
+    return [found[t] for t in range(n_frames)]
+
+
+def image_to_ome_zarr(image_path: Path, out: Path, res_dir: Path | None = None, voxel_size=None) -> Path:
+    """Rewrite an OME-Zarr input (channel 0) with the masks of `res_dir` as labels/cells."""
+    image, stored = read_ome_zarr(image_path)
+    voxel_size = ctc.check_voxel_size(voxel_size, "--voxel-size") if voxel_size else stored
+    labels = None
+    if res_dir is not None:
+        read = lambda p: ctc.read_labels(p, 3, image.shape[1:])  # noqa: E731
+        masks = _result_masks(res_dir, image.shape[0])
+        labels = {"cells": _lazy_stack(masks, read, image.shape[1:], np.uint16)}
+    log.info("writing %d frames of %s to %s", image.shape[0], image_path, out)
+    return write_ome_zarr(out, image, voxel_size, labels=labels)
+
+
 def run(args: argparse.Namespace) -> int:
-    out = sequence_to_ome_zarr(args.ctc, args.out, args.res, args.voxel_size, args.on_missing_frame)
+    if args.image is not None:
+        out = image_to_ome_zarr(args.image, args.out, args.res, args.voxel_size)
+    else:
+        out = sequence_to_ome_zarr(args.ctc, args.out, args.res, args.voxel_size, args.on_missing_frame)
     print(f"wrote {out}")
     return 0

@@ -227,11 +227,11 @@ def res_output(dataset, sequence):
 
 
 def sequence_outputs(dataset):
-    """RES folders (+ OME-Zarr for CTC inputs) of every sequence of a dataset."""
+    """RES folders (+ an OME-Zarr with labels/) of every sequence of a dataset."""
     targets = []
     for seq in sequences(dataset):
         targets += res_output(dataset, seq)
-        if config["omezarr"] and DATASET_KINDS[dataset] != "ome-zarr":
+        if config["omezarr"]:
             targets.append(OME_ZARR.format(dataset=dataset, sequence=seq))
     return targets
 

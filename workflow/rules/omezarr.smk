@@ -1,4 +1,5 @@
-# omezarr: one OME-Zarr per CTC sequence with the image and the result masks under labels/cells.
+# omezarr: one OME-Zarr per sequence (CTC folder or OME-Zarr input) with the image and the result
+# masks under labels/cells.
 
 
 rule omezarr:
@@ -8,7 +9,8 @@ rule omezarr:
     output:
         directory(OME_ZARR),
     params:
-        sequence_dir=lambda w: str(sequence_dir(w.dataset, w.sequence)),
+        source=lambda w: ("--image " if DATASET_KINDS[w.dataset] == "ome-zarr" else "--ctc ")
+        + str(sequence_dir(w.dataset, w.sequence)),
         res_dir=lambda w: RES_DIR.format(dataset=w.dataset, sequence=w.sequence),
         voxel_size=lambda w: option("--voxel-size", DATASETS[w.dataset]["voxel_size"]),
         on_missing_frame=config["on_missing_frame"],
@@ -22,5 +24,5 @@ rule omezarr:
     conda:
         ENV
     shell:
-        "mediar3d to-omezarr --ctc {params.sequence_dir} --res {params.res_dir} --out {output}"
+        "mediar3d to-omezarr {params.source} --res {params.res_dir} --out {output}"
         " {params.voxel_size} --on-missing-frame {params.on_missing_frame} > {log} 2>&1"
