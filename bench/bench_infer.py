@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "bench_infer.md"
@@ -135,18 +135,6 @@ def measure_memory(shape, threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # report
 
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        ram = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 ** 2
-    except OSError:
-        ram = float("nan")
-    return f"nproc={os.cpu_count()}, CPU: {cpu}, RAM: {ram:.1f} GiB, {platform.system()} {platform.release()}"
 
 
 def report(args, ours: dict, cellpose: dict, small: dict, large: dict) -> str:

@@ -14,8 +14,6 @@ Run: .venv/bin/python bench/bench_model.py [--threads 2] [--reps 3] [--checkpoin
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,28 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 from mediar3d.model import build_model, count_parameters, save_checkpoint  # noqa: E402
 from mediar3d.train import segmentation_loss  # noqa: E402
+from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
 
 ENCODERS = ("mit_b0", "mit_b1", "mit_b2")
 
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.system()} {platform.machine()}, nproc={os.cpu_count()}, {cpu}{mem}; "
-            f"torch {torch.__version__}; load average at start {load:.2f}")
 
 
 def best_time(fn, reps: int) -> float:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -224,22 +224,6 @@ def spawn(folder: Path, method: str, workers: int, repeat: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # report
 
-
-def machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
-        ram = f"{mem / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        ram = "unknown"
-    load = os.getloadavg()
-    return (f"nproc={os.cpu_count()}, CPU: {cpu}, RAM: {ram}, Python {platform.python_version()}, "
-            f"numpy {np.__version__}; load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
 
 
 def main() -> int:

@@ -11,9 +11,6 @@ Writes bench/results/bench_synth.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,23 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from mediar3d.synthetic import (_new_nucleus, apply_optics, make_dataset, place_centres,  # noqa: E402
                                 render_labels_signal, resolve_preset, synth_sequence)
+from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
 
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines()
-                   if x.startswith("MemTotal"))
-        ram = f"{mem / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        ram = "unknown"
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or str(os.cpu_count())
-    return (f"nproc={nproc}, CPU: {cpu}, RAM: {ram}, Python {platform.python_version()}, "
-            f"numpy {np.__version__}")
 
 
 def timed(fn):
