@@ -44,22 +44,10 @@ BLOCK = (128, 256, 256)
 
 def jittered_balls(shape, spacing=(32, 30, 30), radius=7.0, seed=0) -> np.ndarray:
     """uint32 labels: balls of radius ~`radius` (x0.85..1.2) on a grid of `spacing`, centres jittered
-    by up to 5 voxels (so some neighbours touch; later balls overwrite earlier ones)."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(shape, np.uint32)
-    grids = [np.arange(sp // 2, s - sp // 2 + 1, sp) for s, sp in zip(shape, spacing)]
-    count = 0
-    for cz in grids[0]:
-        for cy in grids[1]:
-            for cx in grids[2]:
-                centre = np.array([cz, cy, cx]) + rng.uniform(-5, 5, 3)
-                r = radius * rng.uniform(0.85, 1.2)
-                box = tuple(slice(max(0, int(c - r - 1)), min(s, int(c + r + 2))) for c, s in zip(centre, shape))
-                grid = np.ogrid[box]
-                inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= r * r
-                count += 1
-                labels[box][inside] = count
-    return labels
+    by up to 5 voxels (so some neighbours touch)."""
+    from mediar3d import synthetic
+
+    return synthetic.jittered_balls(shape, spacing, radius, jitter=5.0, radius_range=(0.85, 1.2), seed=seed)
 
 
 def make_field(shape) -> Path:

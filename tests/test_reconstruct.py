@@ -17,6 +17,7 @@ from mediar3d.reconstruct import (
     stitch_slices,
     xy_stitch_from_views,
 )
+from mediar3d.synthetic import jittered_balls
 
 SHAPE = (48, 96, 96)
 DIAMETER = 8.0
@@ -24,21 +25,7 @@ DIAMETER = 8.0
 
 def jittered_spheres(shape=SHAPE, spacing=10, radius=4.0, seed=0) -> np.ndarray:
     """uint32 labels: balls of ~`radius` on a jittered grid with `spacing` (324 objects in SHAPE)."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(shape, np.uint32)
-    grids = [range(spacing // 2, s - spacing // 2 + 1, spacing) if s > 1 else [0] for s in shape]
-    count = 0
-    for cz in grids[0]:
-        for cy in grids[1]:
-            for cx in grids[2]:
-                centre = np.array([cz, cy, cx]) + rng.uniform(-1, 1, 3) * (np.array(shape) > 1)
-                r = radius * rng.uniform(0.85, 1.15)
-                box = tuple(slice(max(0, int(c - r - 1)), min(s, int(c + r + 2))) for c, s in zip(centre, shape))
-                grid = np.ogrid[box]
-                inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= r * r
-                count += 1
-                labels[box][inside] = count
-    return labels
+    return jittered_balls(shape, spacing, radius, jitter=1.0, radius_range=(0.85, 1.15), seed=seed)
 
 
 def oracle_field(labels: np.ndarray) -> np.ndarray:
