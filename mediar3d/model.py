@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mediar3d.errors import InputError
+from mediar3d.io.jsonable import to_jsonable
 
 #: flows are learned as unit flows x FLOW_SCALE (as Cellpose)
 FLOW_SCALE: float = 5.0
@@ -222,19 +223,6 @@ def default_meta(encoder: str = "mit_b0", decoder: str = "small") -> dict[str, A
     }
 
 
-def _plain(value):
-    """Metadata as plain python containers (tuples -> lists, numpy scalars -> numbers)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping[str, Any] | None = None,
                     half: bool = True, extra: Mapping[str, Any] | None = None) -> Path:
     """Write `model`'s weights + metadata to one file, atomically.
@@ -247,7 +235,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping[str
     encoder = getattr(model, "encoder_name", "mit_b0")
     decoder = getattr(model, "decoder_name", "small")
     full_meta = default_meta(encoder, decoder)
-    full_meta.update(_plain(dict(meta or {})))
+    full_meta.update(to_jsonable(dict(meta or {})))
     full_meta["encoder"], full_meta["decoder"] = encoder, decoder
     full_meta["weights_dtype"] = "float16" if half else "float32"
     state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu().clone())

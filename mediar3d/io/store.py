@@ -16,6 +16,7 @@ import zarr
 
 from mediar3d.errors import InputError
 from mediar3d.io.atomic import atomic_path
+from mediar3d.io.jsonable import to_jsonable
 
 #: Default chunk edge for (z, y, x) intermediates: 64^3 float32 = 1 MiB per chunk.
 CHUNK_EDGE = 64
@@ -33,7 +34,7 @@ def create_array(path: str | os.PathLike, shape: Sequence[int], dtype, chunks: S
     arr = zarr.open_array(str(path), mode="w", shape=tuple(int(s) for s in shape), dtype=dtype,
                           chunks=tuple(chunks) if chunks else default_chunks(shape), fill_value=fill_value)
     if attrs:
-        arr.attrs.update(_jsonable(attrs))
+        arr.attrs.update(to_jsonable(attrs))
     return arr
 
 
@@ -79,17 +80,3 @@ def atomic_zarr(path: str | os.PathLike) -> Iterator[Path]:
     with atomic_path(path) as tmp:
         yield tmp
 
-
-def _jsonable(value):
-    """Convert numpy scalars/arrays and tuples inside attrs to plain JSON types."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
