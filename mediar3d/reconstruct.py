@@ -31,13 +31,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
 import numba
 import numpy as np
-from scipy import ndimage
 
 from mediar3d.errors import InputError
 
@@ -90,94 +91,116 @@ def flow_halo(niter: int, step: float = 1.0) -> int:
 # 1. flow following (numba)
 
 
+@numba.njit(cache=True, nogil=True)
+def _follow_one(field, coords, i, offset, gshape, threshold, niter, step, check_every, converged_move):
+    """End point (z, y, x, escaped) of voxel coords[i] (global z, y, x) following the flows of `field`
+    (4, z, y, x), a block of the volume starting at global `offset`, volume shape `gshape`;
+    escaped is True if the path read outside the block."""
+    bz, by, bx = field.shape[1], field.shape[2], field.shape[3]
+    gz, gy, gx = gshape[0], gshape[1], gshape[2]
+    p0 = float(coords[i, 0])
+    p1 = float(coords[i, 1])
+    p2 = float(coords[i, 2])
+    a0, a1, a2 = p0, p1, p2
+    for t in range(niter):
+        f0 = math.floor(p0)
+        f1 = math.floor(p1)
+        f2 = math.floor(p2)
+        w0 = p0 - f0
+        w1 = p1 - f1
+        w2 = p2 - f2
+        z0 = int(f0)
+        y0 = int(f1)
+        x0 = int(f2)
+        z1 = min(z0 + 1, gz - 1) - offset[0]
+        y1 = min(y0 + 1, gy - 1) - offset[1]
+        x1 = min(x0 + 1, gx - 1) - offset[2]
+        z0 -= offset[0]
+        y0 -= offset[1]
+        x0 -= offset[2]
+        if z0 < 0 or y0 < 0 or x0 < 0 or z1 >= bz or y1 >= by or x1 >= bx:
+            return p0, p1, p2, True
+        v0 = 0.0
+        v1 = 0.0
+        v2 = 0.0
+        for cz in range(2):
+            zz = z1 if cz else z0
+            wz = w0 if cz else 1.0 - w0
+            for cy in range(2):
+                yy = y1 if cy else y0
+                wy = w1 if cy else 1.0 - w1
+                for cx in range(2):
+                    xx = x1 if cx else x0
+                    wx = w2 if cx else 1.0 - w2
+                    if field[3, zz, yy, xx] > threshold:
+                        w = wz * wy * wx
+                        v0 += w * field[0, zz, yy, xx]
+                        v1 += w * field[1, zz, yy, xx]
+                        v2 += w * field[2, zz, yy, xx]
+        v0 = min(max(v0, -1.0), 1.0)
+        v1 = min(max(v1, -1.0), 1.0)
+        v2 = min(max(v2, -1.0), 1.0)
+        p0 = min(max(p0 + step * v0, 0.0), gz - 1.0)
+        p1 = min(max(p1 + step * v1, 0.0), gy - 1.0)
+        p2 = min(max(p2 + step * v2, 0.0), gx - 1.0)
+        if (t + 1) % check_every == 0:
+            moved = math.sqrt((p0 - a0) ** 2 + (p1 - a1) ** 2 + (p2 - a2) ** 2)
+            if moved < converged_move:
+                break
+            a0, a1, a2 = p0, p1, p2
+    return p0, p1, p2, False
+
+
 @numba.njit(cache=True, parallel=True)
-def _follow_kernel(field, coords, offset, gshape, threshold, niter, step, check_every, converged_move):
-    """End points (N, 3) float64 of voxels `coords` (N, 3) int64 (global z, y, x) following the
-    flows of `field` (4, z, y, x), a block of the volume starting at global `offset`, volume shape
-    `gshape`. Returns (ends, escaped): escaped[i] = 1 if a path read outside the block."""
+def _follow_parallel(field, coords, offset, gshape, threshold, niter, step, check_every, converged_move):
+    """End points (N, 3) float64 and escaped flags (N,) uint8 of voxels `coords` (N, 3), numba threads."""
     n = coords.shape[0]
     ends = np.empty((n, 3), np.float64)
     escaped = np.zeros(n, np.uint8)
-    bz, by, bx = field.shape[1], field.shape[2], field.shape[3]
-    gz, gy, gx = gshape[0], gshape[1], gshape[2]
     for i in numba.prange(n):
-        p0 = float(coords[i, 0])
-        p1 = float(coords[i, 1])
-        p2 = float(coords[i, 2])
-        a0, a1, a2 = p0, p1, p2
-        for t in range(niter):
-            f0 = math.floor(p0)
-            f1 = math.floor(p1)
-            f2 = math.floor(p2)
-            w0 = p0 - f0
-            w1 = p1 - f1
-            w2 = p2 - f2
-            z0 = int(f0)
-            y0 = int(f1)
-            x0 = int(f2)
-            z1 = min(z0 + 1, gz - 1) - offset[0]
-            y1 = min(y0 + 1, gy - 1) - offset[1]
-            x1 = min(x0 + 1, gx - 1) - offset[2]
-            z0 -= offset[0]
-            y0 -= offset[1]
-            x0 -= offset[2]
-            if z0 < 0 or y0 < 0 or x0 < 0 or z1 >= bz or y1 >= by or x1 >= bx:
-                escaped[i] = 1
-                break
-            v0 = 0.0
-            v1 = 0.0
-            v2 = 0.0
-            for cz in range(2):
-                zz = z1 if cz else z0
-                wz = w0 if cz else 1.0 - w0
-                for cy in range(2):
-                    yy = y1 if cy else y0
-                    wy = w1 if cy else 1.0 - w1
-                    for cx in range(2):
-                        xx = x1 if cx else x0
-                        wx = w2 if cx else 1.0 - w2
-                        if field[3, zz, yy, xx] > threshold:
-                            w = wz * wy * wx
-                            v0 += w * field[0, zz, yy, xx]
-                            v1 += w * field[1, zz, yy, xx]
-                            v2 += w * field[2, zz, yy, xx]
-            v0 = min(max(v0, -1.0), 1.0)
-            v1 = min(max(v1, -1.0), 1.0)
-            v2 = min(max(v2, -1.0), 1.0)
-            p0 = min(max(p0 + step * v0, 0.0), gz - 1.0)
-            p1 = min(max(p1 + step * v1, 0.0), gy - 1.0)
-            p2 = min(max(p2 + step * v2, 0.0), gx - 1.0)
-            if (t + 1) % check_every == 0:
-                moved = math.sqrt((p0 - a0) ** 2 + (p1 - a1) ** 2 + (p2 - a2) ** 2)
-                if moved < converged_move:
-                    break
-                a0, a1, a2 = p0, p1, p2
-        ends[i, 0] = p0
-        ends[i, 1] = p1
-        ends[i, 2] = p2
+        ends[i, 0], ends[i, 1], ends[i, 2], out = _follow_one(field, coords, i, offset, gshape, threshold, niter,
+                                                               step, check_every, converged_move)
+        escaped[i] = out
+    return ends, escaped
+
+
+@numba.njit(cache=True, nogil=True)
+def _follow_serial(field, coords, offset, gshape, threshold, niter, step, check_every, converged_move):
+    """`_follow_parallel` on the calling thread only, without the GIL (one dask task per block)."""
+    n = coords.shape[0]
+    ends = np.empty((n, 3), np.float64)
+    escaped = np.zeros(n, np.uint8)
+    for i in range(n):
+        ends[i, 0], ends[i, 1], ends[i, 2], out = _follow_one(field, coords, i, offset, gshape, threshold, niter,
+                                                               step, check_every, converged_move)
+        escaped[i] = out
     return ends, escaped
 
 
 def follow_flows(field, fg_coords, niter: int, step: float = 1.0, prob_threshold: float = 0.5,
-                 offset: Sequence[int] = (0, 0, 0), volume_shape: Sequence[int] | None = None) -> np.ndarray:
+                 offset: Sequence[int] = (0, 0, 0), volume_shape: Sequence[int] | None = None,
+                 parallel: bool = True) -> np.ndarray:
     """End points (N, 3) float64 (z, y, x voxels) of the voxels `fg_coords` (N, 3) following `field`.
 
     field: (4, z, y, x) = (dz, dy, dx, prob), the whole volume or a block of it starting at `offset`
     in a volume of shape `volume_shape`; the block must contain every path (see `flow_halo`).
+    parallel: numba's threads (else the calling thread alone, with the GIL released, so that dask
+    threads run blocks side by side); both give the same end points.
     """
     field = np.ascontiguousarray(field, dtype=np.float32)
     if field.ndim != 4 or field.shape[0] != 4:
         raise InputError(None, f"flow field must be (4, Z, Y, X), got {field.shape}")
     gshape = np.asarray(volume_shape if volume_shape is not None else field.shape[1:], np.int64)
     coords = np.ascontiguousarray(fg_coords, dtype=np.int64).reshape(-1, 3)
-    ends, escaped = _follow_kernel(field, coords, np.asarray(offset, np.int64), gshape, float(prob_threshold),
-                                   int(niter), float(step), CHECK_EVERY, CONVERGED_MOVE)
+    kernel = _follow_parallel if parallel else _follow_serial
+    ends, escaped = kernel(field, coords, np.asarray(offset, np.int64), gshape, float(prob_threshold),
+                           int(niter), float(step), CHECK_EVERY, CONVERGED_MOVE)
     if escaped.any():
         raise RuntimeError(f"{int(escaped.sum())} flow paths left their block: the halo is too small")
     return ends
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _flat_grid_index(ends, gshape):
     """Flat index (N,) int64 of the grid point nearest each end point (N, 3) (coordinates >= 0)."""
     n = ends.shape[0]
@@ -190,22 +213,57 @@ def _flat_grid_index(ends, gshape):
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _foreground_coords(prob, lo, hi, origin, threshold):
+    """Global (N, 3) int64 coordinates, in C order, of the voxels of prob[lo:hi] (a box of the block
+    `prob` (z, y, x)) above `threshold`; `origin` is the global coordinate of prob[lo]."""
+    n = 0
+    for z in range(lo[0], hi[0]):
+        for y in range(lo[1], hi[1]):
+            for x in range(lo[2], hi[2]):
+                if prob[z, y, x] > threshold:
+                    n += 1
+    coords = np.empty((n, 3), np.int64)
+    i = 0
+    for z in range(lo[0], hi[0]):
+        for y in range(lo[1], hi[1]):
+            for x in range(lo[2], hi[2]):
+                if prob[z, y, x] > threshold:
+                    coords[i, 0] = z - lo[0] + origin[0]
+                    coords[i, 1] = y - lo[1] + origin[1]
+                    coords[i, 2] = x - lo[2] + origin[2]
+                    i += 1
+    return coords
+
+
+@numba.njit(cache=True, nogil=True)
+def _sparse_histogram(flat):
+    """(keys, inverse, counts) of flat int64 indices (N,): np.unique(flat, return_inverse=True,
+    return_counts=True) without the GIL."""
+    keys = np.unique(flat)
+    inverse = np.searchsorted(keys, flat).astype(np.int64)
+    counts = np.bincount(inverse, minlength=keys.shape[0]).astype(np.int64)
+    return keys, inverse, counts
+
+
 def block_end_points(field_block, offset: Sequence[int], own: Sequence[slice], volume_shape: Sequence[int],
                      niter: int, step: float, prob_threshold: float, threads: int | None = None) -> BlockEnds:
     """Map step for one block: the foreground voxels of the global box `own` (slices) follow
     `field_block` (4, z, y, x), read with a halo and starting at global `offset`; returns their flat
-    indices and the sparse histogram of their end points (see `BlockEnds`)."""
-    if threads:
+    indices and the sparse histogram of their end points (see `BlockEnds`). threads: numba threads
+    (None: numba's current setting; 1: the calling thread only, GIL released)."""
+    parallel = threads is None or int(threads) > 1
+    if threads and parallel:
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     block = np.ascontiguousarray(np.asarray(field_block), dtype=np.float32)
-    local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(own, offset))
-    coords = np.argwhere(block[3][local] > prob_threshold).astype(np.int64)
-    coords += np.asarray([s.start for s in own], np.int64)
+    lo = np.asarray([s.start - o for s, o in zip(own, offset)], np.int64)
+    hi = np.asarray([s.stop - o for s, o in zip(own, offset)], np.int64)
+    coords = _foreground_coords(block[3], lo, hi, np.asarray([s.start for s in own], np.int64), float(prob_threshold))
     gshape = np.asarray(volume_shape, np.int64)
     voxels = (coords[:, 0] * gshape[1] + coords[:, 1]) * gshape[2] + coords[:, 2]
-    ends = _flat_grid_index(follow_flows(block, coords, niter, step, prob_threshold, offset, volume_shape), gshape)
-    keys, inverse, counts = np.unique(ends, return_inverse=True, return_counts=True)
-    return BlockEnds(voxels, keys, inverse.reshape(-1).astype(np.int64), counts.astype(np.int64))
+    ends = follow_flows(block, coords, niter, step, prob_threshold, offset, volume_shape, parallel)
+    keys, inverse, counts = _sparse_histogram(_flat_grid_index(ends, gshape))
+    return BlockEnds(voxels, keys, inverse, counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,20 +433,66 @@ def _boxes(voxels, objects, n_objects, gshape):
     return box
 
 
-def _fill_holes_in_boxes(labels: np.ndarray, boxes: np.ndarray) -> None:
-    """Fill each object's holes (background voxels only) on its bounding box, in id order; a
-    one-plane volume (Z == 1) is filled in 2D."""
-    work = labels[0] if labels.shape[0] == 1 else labels
+@numba.njit(cache=True)
+def _fill_object_holes(labels, index, lo, hi, planar):
+    """Set to `index` the background voxels of box [lo, hi) that the object `index` encloses: those
+    not reached by a 6-connected flood over non-object voxels from the box faces (the y and x faces
+    only when `planar`, i.e. a one-plane volume filled in 2D). Same result as
+    scipy.ndimage.binary_fill_holes(box == index) on the box's background voxels."""
+    dz, dy, dx = hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]
+    reached = np.zeros((dz, dy, dx), np.bool_)
+    stack = np.empty((dz * dy * dx, 3), np.int64)
+    top = 0
+    for z in range(dz):
+        for y in range(dy):
+            for x in range(dx):
+                face = y == 0 or x == 0 or y == dy - 1 or x == dx - 1
+                if not planar:
+                    face = face or z == 0 or z == dz - 1
+                if face and labels[lo[0] + z, lo[1] + y, lo[2] + x] != index:
+                    reached[z, y, x] = True
+                    stack[top, 0], stack[top, 1], stack[top, 2] = z, y, x
+                    top += 1
+    while top > 0:
+        top -= 1
+        z, y, x = stack[top, 0], stack[top, 1], stack[top, 2]
+        for a in range(6):
+            nz, ny, nx = z, y, x
+            if a == 0:
+                nz -= 1
+            elif a == 1:
+                nz += 1
+            elif a == 2:
+                ny -= 1
+            elif a == 3:
+                ny += 1
+            elif a == 4:
+                nx -= 1
+            else:
+                nx += 1
+            if nz < 0 or ny < 0 or nx < 0 or nz >= dz or ny >= dy or nx >= dx or reached[nz, ny, nx]:
+                continue
+            if labels[lo[0] + nz, lo[1] + ny, lo[2] + nx] == index:
+                continue
+            reached[nz, ny, nx] = True
+            stack[top, 0], stack[top, 1], stack[top, 2] = nz, ny, nx
+            top += 1
+    for z in range(dz):
+        for y in range(dy):
+            for x in range(dx):
+                if not reached[z, y, x] and labels[lo[0] + z, lo[1] + y, lo[2] + x] == 0:
+                    labels[lo[0] + z, lo[1] + y, lo[2] + x] = index
+
+
+@numba.njit(cache=True)
+def _fill_holes_in_boxes(labels, boxes):
+    """Fill each object's holes (background voxels only) on its bounding box `boxes` (n + 1, 6), in
+    id order; a one-plane volume (Z == 1) is filled in 2D. `labels` (Z, Y, X) is changed in place."""
+    planar = labels.shape[0] == 1
     for index in range(1, boxes.shape[0]):
-        lo, hi = boxes[index, :3], boxes[index, 3:]
-        if hi[0] < 0:
+        if boxes[index, 3] < 0:
             continue
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        if labels.shape[0] == 1:
-            box = box[1:]
-        region = work[box]
-        filled = ndimage.binary_fill_holes(region == index)
-        region[filled & (region == 0)] = index
+        _fill_object_holes(labels, index, boxes[index, :3], boxes[index, 3:], planar)
 
 
 def merge_block_ends(blocks: Sequence[BlockEnds]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -490,10 +594,57 @@ def _read_block(field, box: tuple[slice, ...]) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(field[(slice(None),) + box]), dtype=np.float32)
 
 
-def _block_task(field, own, halo, shape, niter, step, prob_threshold, threads):
-    box = tuple(slice(max(0, s.start - halo), min(n, s.stop + halo)) for s, n in zip(own, shape))
-    offset = tuple(b.start for b in box)
-    return block_end_points(_read_block(field, box), offset, own, shape, niter, step, prob_threshold, threads)
+def _haloed_box(own: tuple[slice, ...], halo: int, shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(max(0, s.start - halo), min(n, s.stop + halo)) for s, n in zip(own, shape))
+
+
+class BlockReader:
+    """Hands out the haloed blocks (4, z, y, x) float32 of a field in block order, read on one
+    background thread `ahead` blocks ahead of the tasks that take them, so that reading and
+    decoding (serial in zarr) overlaps the flow following of the other workers. Holds at most
+    `ahead` blocks besides those the running tasks hold. For dask's threaded scheduler (one
+    process): each map task takes the next block, whichever task runs first."""
+
+    def __init__(self, field, boxes: Sequence[tuple[slice, ...]], ahead: int = 1):
+        self._field, self._boxes, self._ahead = field, list(boxes), max(0, int(ahead))
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mediar3d-read")
+        self._pending: list = []
+        self._next = 0
+        self._lock = threading.Lock()
+        self._token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self):
+        return self._token
+
+    def take(self) -> tuple[int, np.ndarray]:
+        """(index, block) of the next block not yet taken."""
+        with self._lock:
+            while len(self._pending) < 1 + self._ahead and self._next < len(self._boxes):
+                box = self._boxes[self._next]
+                self._pending.append((self._next, self._pool.submit(_read_block, self._field, box)))
+                self._next += 1
+            if not self._pending:
+                raise RuntimeError("every block has been taken already")
+            index, future = self._pending.pop(0)
+        return index, future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
+
+
+def _block_task(field, own, halo, shape, niter, step, prob_threshold, threads, boxes=None):
+    """Map task: BlockEnds of block `own`, or, when `field` is a BlockReader, of the next block it
+    hands out (`boxes`: the own boxes of its blocks)."""
+    if isinstance(field, BlockReader):
+        index, data = field.take()
+        own = boxes[index]
+    else:
+        data = None
+    box = _haloed_box(own, halo, shape)
+    if data is None:
+        data = _read_block(field, box)
+    return block_end_points(data, tuple(b.start for b in box), own, shape, niter, step, prob_threshold, threads)
 
 
 def _compute(tasks, scheduler, workers):
@@ -520,7 +671,9 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
 
     halo: voxels read around each block (default and minimum: flow_halo(niter, step)). scheduler:
     None / "threads" (dask threads, `workers` of them, default all cores), "sync", a
-    dask.distributed Client or a scheduler address. Each task uses one numba thread. out: optional
+    dask.distributed Client or a scheduler address. Each task uses one numba thread; with threads
+    and workers > 1 a reader thread reads the blocks one ahead (`BlockReader`); the labels do not
+    depend on which task followed which block. out: optional
     zarr array (Z, Y, X) the labels are also written to."""
     shape = _check_field(field)
     niter, min_size = _resolve(diameter_px, niter, min_size, 3 if shape[0] > 1 else 2)
@@ -535,11 +688,20 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
     import dask
 
     boxes = block_boxes(shape, block)
-    source = dask.delayed(field, name=f"reconstruct-field-{uuid.uuid4().hex}", traverse=False)
-    task = dask.delayed(_block_task, pure=True)
-    tasks = [task(source, own, halo, shape, niter, step, prob_threshold, 1) for own in boxes]
-    log.info("reconstruct: %d blocks of %s, halo %d, %d workers", len(boxes), block, halo, workers)
-    results = _compute(tasks, scheduler, workers)
+    threaded = scheduler is None or scheduler in ("threads", "threading")
+    reader = BlockReader(field, [_haloed_box(own, halo, shape) for own in boxes]) if threaded and workers > 1 else None
+    run = uuid.uuid4().hex
+    source = dask.delayed(reader or field, name=f"reconstruct-field-{run}", traverse=False)
+    tasks = [dask.delayed(_block_task, pure=True, name=f"reconstruct-block-{run}-{i:06d}")(
+        source, own, halo, shape, niter, step, prob_threshold, 1, boxes if reader else None)
+        for i, own in enumerate(boxes)]
+    log.info("reconstruct: %d blocks of %s, halo %d, %d workers%s", len(boxes), block, halo, workers,
+             ", blocks read ahead on a reader thread" if reader else "")
+    try:
+        results = _compute(tasks, scheduler, workers)
+    finally:
+        if reader is not None:
+            reader.close()
     labels = labels_from_block_ends(list(results), shape, min_size, max_size_fraction)
     if out is not None:
         for own in boxes:
