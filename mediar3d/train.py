@@ -76,8 +76,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.crop % 32:
             raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
-        if self.batch < 1 or self.epochs < 1 or self.steps_per_epoch < 1:
-            raise ValueError("batch, epochs and steps_per_epoch must be >= 1")
+        if self.batch < 1 or self.epochs < 1 or self.steps_per_epoch < 1 or self.val_slices_per_view < 1:
+            raise ValueError("batch, epochs, steps_per_epoch and val_slices_per_view must be >= 1")
         self.percentiles = tuple(float(p) for p in self.percentiles)
         self.scale_range = tuple(float(s) for s in self.scale_range)
 

@@ -194,3 +194,9 @@ def test_init_weights_from_checkpoint(tmp_path):
     target.decoder_name = "mediar"  # a network of another configuration refuses these weights
     with pytest.raises(InputError, match="initial checkpoint is mit_b0/small"):
         _init_weights(path, target)
+
+
+@pytest.mark.parametrize("field", ["batch", "epochs", "steps_per_epoch", "val_slices_per_view"])
+def test_config_rejects_non_positive_counts(field):
+    with pytest.raises(ValueError, match=">= 1"):
+        TrainConfig(**{field: 0})

@@ -180,6 +180,24 @@ def test_ctc_example_on_the_shared_real_data(tmp_path, model_path):
     assert "--voxel-size 1.75 0.8 0.8" in proc.stdout
 
 
+def test_train_rule_fine_tunes_from_a_checkpoint(tmp_path, dataset, model_path):
+    """`snakemake train` (not in the default target) passes the train settings, the starting
+    checkpoint is an input of the rule."""
+    config = run_config(tmp_path, "out", dataset, model_path,
+                        train={"data": [str(dataset)], "out": str(tmp_path / "ft.pt"), "init": str(model_path),
+                               "lr": 0.0001, "diameter_px": 14, "epochs": 2})
+    proc = snakemake(tmp_path, "--configfile", str(config), "-n", "-p", "train")
+    assert job_counts(proc.stdout) == {"train": 1}, proc.stdout
+    output = proc.stdout + proc.stderr
+    command = next(line for line in output.splitlines() if "mediar3d train " in line)
+    for part in (f"--init {model_path}", "--lr 0.0001", "--diameter-px 14", "--epochs 2", f"--data {dataset}"):
+        assert part in command, (part, command)
+    config = run_config(tmp_path, "out", dataset, model_path,
+                        train={"data": [str(dataset)], "init": str(tmp_path / "absent.pt")})
+    proc = snakemake(tmp_path, "--configfile", str(config), "-n", "train", check=False)
+    assert proc.returncode != 0 and "absent.pt" in proc.stdout + proc.stderr
+
+
 def test_profiles_and_conda_env():
     default = yaml.safe_load((REPO / "workflow" / "profiles" / "default" / "config.yaml").read_text())
     assert default["rerun-incomplete"] is True and set(default["rerun-triggers"]) == {"mtime", "params", "input", "code"}

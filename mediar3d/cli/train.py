@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"object diameter (px) volumes are rescaled to before slicing (default {d.train_diameter_px})")
     parser.add_argument("--max-slices-per-view", type=int, default=d.max_slices_per_view,
                         help=f"slices with objects kept per view and volume (default {d.max_slices_per_view})")
+    parser.add_argument("--val-slices-per-view", type=int, default=d.val_slices_per_view,
+                        help=f"validation slices per view scored every epoch (default {d.val_slices_per_view})")
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     parser.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall-time budget")
     parser.add_argument("--stop-epoch", type=int, metavar="N",
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                              epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr,
                              weight_decay=args.weight_decay, train_diameter_px=args.diameter_px,
                              max_slices_per_view=args.max_slices_per_view, seed=args.seed,
+                             val_slices_per_view=args.val_slices_per_view,
                              half_weights=not args.fp32_weights, max_minutes=args.max_minutes,
                              init_checkpoint=str(args.init) if args.init else None,
                              stop_epoch=args.stop_epoch)

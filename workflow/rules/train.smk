@@ -8,6 +8,7 @@ rule train:
     input:
         data=TRAIN["data"],
         val_data=TRAIN["val_data"],
+        init=TRAIN["init"] or [],
     output:
         TRAIN["out"],
     params:
@@ -18,6 +19,8 @@ rule train:
         options=" ".join(filter(None, [option("--val-data", TRAIN["val_data"] or None),
                                        option("--steps-per-epoch", TRAIN["steps_per_epoch"]),
                                        option("--batch", TRAIN["batch"]), option("--crop", TRAIN["crop"]),
+                                       option("--init", TRAIN["init"]), option("--lr", TRAIN["lr"]),
+                                       option("--diameter-px", TRAIN["diameter_px"]),
                                        option("--max-minutes", TRAIN["max_minutes"])])),
     log:
         f"{LOGS}/train/train.log",
