@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Re-trains the shipped default model models/mediar3d_default.pt exactly as it was trained
-# (see models/MODEL_CARD.md). CPU, 2 threads: about 20 minutes on 2 idle cores; uses CUDA when present.
+# (see models/MODEL_CARD.md). CPU, 2 threads: about 2 hours on 2 idle cores; uses CUDA when present.
 #
-#   bash bench/train_default.sh                   # data and stage-1 model under bench/out/ (git-ignored)
+#   bash bench/train_default.sh                   # data and intermediate models under bench/out/ (git-ignored)
 #   OUT=/tmp/m.pt bash bench/train_default.sh
+#   FROM_STAGE=3 bash bench/train_default.sh      # stage 3 only, from the stage-2 weights kept in git history
 #
-# Why two stages and an embedded generator: when the default model was trained, mediar3d.synthetic
-# was not in the package yet and mediar3d.flows arrived half-way. The model was therefore trained on
-# the random ellipsoid-nuclei volumes written by the generator below (seeds 2000-2020 for training,
-# 2900 for validation). Stage 1 (30 x 40 steps from scratch) used the heat-diffusion flow stand-in
-# below; stage 2 (scheduled for 16 x 90 steps, stopped after epoch 4 = 360 steps because the shared
-# machine became ~10x slower; starting from stage 1, more data, lower learning rate) used the
-# package's own flow targets (mediar3d.flows) through the plain `mediar3d train` command.
+# Three stages. Stages 1-2 predate mediar3d.synthetic and half of mediar3d.flows: they trained on the
+# random ellipsoid-nuclei volumes written by the generator below (seeds 2000-2020 for training, 2900
+# for validation). Stage 1 (30 x 40 steps from scratch) used the heat-diffusion flow stand-in below;
+# stage 2 (scheduled for 16 x 90 steps, stopped after epoch 4 = 360 steps because the shared machine
+# became ~10x slower; starting from stage 1, more data, lower learning rate) used mediar3d.flows
+# through the plain `mediar3d train` command. Stage 3 (55 x 200 steps from stage 2) trains on the
+# package's synthetic presets (zebrafish, celegans, sparse; seeds 1000-1007 at anisotropy 2-10,
+# validation seed 1900; never the evaluation seeds 0-99).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -136,22 +138,47 @@ if __name__ == "__main__":
         sys.exit(main(["train"] + sys.argv[2:]))
 PYEOF
 
-for seed in $(seq 2000 2020) 2900; do
-  frames=2; [ "$seed" = 2000 ] && frames=1
-  [ -f "$WORK/data/b$seed/dataset.json" ] || "$PY" "$GEN" data "$WORK/data/b$seed" "$seed" "$frames"
-done
+STAGE2="$WORK/stage2.pt"
+common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 --max-slices-per-view 24
+        --seed 0 --threads 2 --no-progress)
 
-stage1_data=$(for s in $(seq 2000 2010); do printf '%s ' "$WORK/data/b$s"; done)
-all_data=$(for s in $(seq 2000 2020); do printf '%s ' "$WORK/data/b$s"; done)
-common=(--val-data "$WORK/data/b2900" --encoder mit_b0 --decoder small --batch 8 --crop 128
-        --diameter-px 14 --max-slices-per-view 24 --seed 0 --threads 2 --no-progress)
+if [ "${FROM_STAGE:-1}" -le 2 ]; then
+  for seed in $(seq 2000 2020) 2900; do
+    frames=2; [ "$seed" = 2000 ] && frames=1
+    [ -f "$WORK/data/b$seed/dataset.json" ] || "$PY" "$GEN" data "$WORK/data/b$seed" "$seed" "$frames"
+  done
+  stage1_data=$(for s in $(seq 2000 2010); do printf '%s ' "$WORK/data/b$s"; done)
+  all_data=$(for s in $(seq 2000 2020); do printf '%s ' "$WORK/data/b$s"; done)
+  # stage 1: from scratch
+  "$PY" "$GEN" train --data $stage1_data --val-data "$WORK/data/b2900" --out "$WORK/stage1.pt" --epochs 30 \
+    --steps-per-epoch 40 --lr 6e-4 --max-minutes 45 --cache "$WORK/cache1" "${common[@]}"
+  # stage 2: more data, lower learning rate, starting from stage 1, mediar3d.flows targets
+  "$PY" -m mediar3d train --data $all_data --val-data "$WORK/data/b2900" --out "$STAGE2" --init "$WORK/stage1.pt" \
+    --epochs 16 --steps-per-epoch 90 --stop-epoch 4 --lr 3e-4 --cache "$WORK/cache2" "${common[@]}"
+else
+  # the stage-2 model was shipped as models/mediar3d_default.pt until commit b64b040
+  git show b64b040:models/mediar3d_default.pt > "$STAGE2"
+fi
 
-# stage 1: from scratch
-"$PY" "$GEN" train --data $stage1_data --out "$WORK/stage1.pt" --epochs 30 --steps-per-epoch 40 \
-  --lr 6e-4 --max-minutes 45 --cache "$WORK/cache1" "${common[@]}"
-# stage 2: more data, lower learning rate, starting from stage 1, mediar3d.flows targets
-"$PY" -m mediar3d train --data $all_data --out "$WORK/mediar3d_default.pt" --init "$WORK/stage1.pt" --epochs 16 --steps-per-epoch 90 \
-  --stop-epoch 4 --lr 3e-4 --cache "$WORK/cache2" "${common[@]}"
+# stage 3: the synthetic presets, several anisotropies, starting from stage 2
+S3="$WORK/presets"
+synth() { # preset seed anisotropy z y x -> prints the dataset folder
+  local d="$S3/$1-$2-a$3"
+  [ -f "$d/dataset.json" ] || "$PY" -m mediar3d synth --preset "$1" --seed "$2" --anisotropy "$3" \
+    --shape "$4" "$5" "$6" --frames 2 --out "$d" >/dev/null
+  printf '%s ' "$d"
+}
+stage3_data=""
+for s in 1000 1001 1002 1003; do stage3_data+=$(synth zebrafish $s 4 32 256 256); done
+for s in 1004 1005; do stage3_data+=$(synth zebrafish $s 2 64 256 256); done
+for s in 1006 1007; do stage3_data+=$(synth zebrafish $s 6 22 256 256); done
+for s in 1000 1001 1002; do stage3_data+=$(synth celegans $s 10 16 256 256); done
+for s in 1003 1004; do stage3_data+=$(synth celegans $s 4 40 256 256); done
+for s in 1000 1001 1002 1003; do stage3_data+=$(synth sparse $s 2 24 128 128); done
+val3=$(synth zebrafish 1900 4 32 256 256)
+"$PY" -m mediar3d train --data $stage3_data --val-data $val3 --out "$WORK/mediar3d_default.pt" --init "$STAGE2" \
+  --epochs 55 --steps-per-epoch 200 --lr 3e-4 --val-slices-per-view 8 --cache "$WORK/cache3" "${common[@]}"
+
 # the checkpoint goes to models/; the training state, logs and loss curve stay in $WORK/mediar3d_default_train/
 cp "$WORK/mediar3d_default.pt" "$OUT"
 echo "wrote $OUT (logs: $WORK/mediar3d_default_train/)"
