@@ -10,14 +10,13 @@ classical = Otsu + watershed) and scores every GT frame with `mediar3d evaluate`
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("mediar3d", "xy-stitch", "classical")
@@ -52,15 +51,18 @@ def main() -> int:
     table = pd.concat(rows)
     cols = ["seg", "ap50", "ap75", "precision", "recall", "f1", "n_gt", "n_pred", "splits", "merges"]
     summary = table.groupby("method", sort=False)[cols].mean()
+    weighted = (table["seg"] * table["n_gt"]).groupby(table["method"], sort=False).sum()
+    summary["seg_pooled"] = weighted / table.groupby("method", sort=False)["n_gt"].sum()
     summary["seconds"] = pd.Series(times)
     summary["seg_vs_xy_stitch"] = summary["seg"] / summary.loc["xy-stitch", "seg"]
-    machine = f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
     text = (f"# bench_methods: mediar3d vs xy-stitch vs classical\n\n"
             f"Command: `.venv/bin/python bench/bench_methods.py --shape {' '.join(map(str, args.shape))} "
-            f"--frames {args.frames} --seed {args.seed}`\n\nMachine: {machine} (shared, loaded). Model: "
+            f"--frames {args.frames} --seed {args.seed}`\n\nMachine: {machine()}. Model: "
             f"`{args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model}`. Data: synthetic "
             f"`zebrafish`, seed {args.seed} (held out from training), anisotropy 4, shape {tuple(args.shape)}, "
-            f"{args.frames} frames (full 3D GT on even frames, single-slice GT on odd ones); means over GT files.\n\n"
+            f"{args.frames} frames (full 3D GT on even frames, single-slice GT on odd ones); means over GT files, "
+            f"seg_pooled = SEG over all GT objects of all files (as the CTC pools it); seconds = `mediar3d segment` "
+            f"wall time for all frames.\n\n"
             + summary.round(4).to_markdown() + "\n")
     args.out.write_text(text)
     print(text)
