@@ -434,11 +434,11 @@ def _boxes(voxels, objects, n_objects, gshape):
 
 
 @numba.njit(cache=True)
-def _fill_object_holes(labels, index, lo, hi, planar):
-    """Set to `index` the background voxels of box [lo, hi) that the object `index` encloses: those
-    not reached by a 6-connected flood over non-object voxels from the box faces (the y and x faces
-    only when `planar`, i.e. a one-plane volume filled in 2D). Same result as
-    scipy.ndimage.binary_fill_holes(box == index) on the box's background voxels."""
+def _enclosed(labels, index, lo, hi, planar, out):
+    """Mark in `out` (the flattened box [lo, hi)) the background voxels that object `index` encloses:
+    those not reached by a 6-connected flood over non-object voxels from the box faces (the y and x
+    faces only when `planar`, i.e. a one-plane volume filled in 2D). The same voxels as
+    scipy.ndimage.binary_fill_holes(box == index) & (box == 0)."""
     dz, dy, dx = hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]
     reached = np.zeros((dz, dy, dx), np.bool_)
     stack = np.empty((dz * dy * dx, 3), np.int64)
@@ -477,22 +477,52 @@ def _fill_object_holes(labels, index, lo, hi, planar):
             reached[nz, ny, nx] = True
             stack[top, 0], stack[top, 1], stack[top, 2] = nz, ny, nx
             top += 1
+    i = 0
     for z in range(dz):
         for y in range(dy):
             for x in range(dx):
-                if not reached[z, y, x] and labels[lo[0] + z, lo[1] + y, lo[2] + x] == 0:
-                    labels[lo[0] + z, lo[1] + y, lo[2] + x] = index
+                out[i] = not reached[z, y, x] and labels[lo[0] + z, lo[1] + y, lo[2] + x] == 0
+                i += 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _fill_holes_in_boxes(labels, boxes):
-    """Fill each object's holes (background voxels only) on its bounding box `boxes` (n + 1, 6), in
-    id order; a one-plane volume (Z == 1) is filled in 2D. `labels` (Z, Y, X) is changed in place."""
+    """Fill each object's holes (background voxels only) on its bounding box `boxes` (n + 1, 6), as
+    if object by object in id order; a one-plane volume (Z == 1) is filled in 2D. `labels` (Z, Y, X)
+    is changed in place.
+
+    What an object encloses depends only on its own voxels (filling turns background into other
+    objects, which are 'not this object' either way), so the enclosed voxels of all objects are found
+    in parallel and then written in id order, each only if still background: the sequential result."""
     planar = labels.shape[0] == 1
-    for index in range(1, boxes.shape[0]):
+    n = boxes.shape[0]
+    starts = np.zeros(n + 1, np.int64)
+    for index in range(1, n):
+        if boxes[index, 3] >= 0:
+            starts[index + 1] = (boxes[index, 3] - boxes[index, 0]) * (boxes[index, 4] - boxes[index, 1]) * \
+                (boxes[index, 5] - boxes[index, 2])
+    starts = np.cumsum(starts)
+    enclosed = np.zeros(starts[n], np.bool_)
+    for index in numba.prange(1, n):
+        if boxes[index, 3] >= 0:
+            _enclosed(labels, index, boxes[index, :3], boxes[index, 3:], planar, enclosed[starts[index]:starts[index + 1]])
+    for index in range(1, n):
         if boxes[index, 3] < 0:
             continue
-        _fill_object_holes(labels, index, boxes[index, :3], boxes[index, 3:], planar)
+        lo, hi = boxes[index, :3], boxes[index, 3:]
+        dy, dx = hi[1] - lo[1], hi[2] - lo[2]
+        for i in range(starts[index + 1] - starts[index]):
+            if enclosed[starts[index] + i]:
+                z, y, x = lo[0] + i // (dy * dx), lo[1] + (i // dx) % dy, lo[2] + i % dx
+                if labels[z, y, x] == 0:
+                    labels[z, y, x] = index
+
+
+@numba.njit(cache=True, parallel=True)
+def _scatter(labels_flat, voxels, objects):
+    """labels_flat[voxels] = objects (voxel indices unique), numba threads."""
+    for i in numba.prange(voxels.shape[0]):
+        labels_flat[voxels[i]] = objects[i]
 
 
 def merge_block_ends(blocks: Sequence[BlockEnds]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -529,7 +559,7 @@ def labels_from_block_ends(blocks: Sequence[BlockEnds], volume_shape: Sequence[i
     final[order] = np.arange(1, order.size + 1)
     objects = final[objects]
     labels = np.zeros(int(np.prod(shape)), np.uint32)
-    labels[voxels] = objects
+    _scatter(labels, voxels, objects)
     labels = labels.reshape(shape)
     _fill_holes_in_boxes(labels, _boxes(voxels, objects, int(order.size), np.asarray(shape, np.int64)))
     log.info("reconstruct: %d foreground voxels, %d end point sites, %d objects kept of %d",

@@ -264,3 +264,20 @@ def test_hole_filling_matches_scipy(shape):
     assert (expected != labels).sum() > 50  # the case has holes to fill
     _fill_holes_in_boxes(labels, boxes)
     np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("outer", [1, 2])
+def test_hole_filling_of_nested_shells_follows_id_order(outer):
+    """A shell inside another's cavity: the lower id fills first, the other finds nothing left."""
+    from mediar3d.reconstruct import _boxes, _fill_holes_in_boxes
+
+    d = np.sqrt(((np.indices((21, 21, 21)) - 10.0) ** 2).sum(0))
+    labels = np.zeros((21, 21, 21), np.uint32)
+    labels[(d <= 9) & (d > 7.5)] = outer
+    labels[(d <= 4) & (d > 2.5)] = 3 - outer
+    flat = labels.reshape(-1)
+    voxels = np.flatnonzero(flat).astype(np.int64)
+    expected = _reference_fill(labels)
+    _fill_holes_in_boxes(labels, _boxes(voxels, flat[voxels].astype(np.int64), 2, np.asarray(labels.shape, np.int64)))
+    np.testing.assert_array_equal(labels, expected)
+    assert labels[10, 10, 10] == min(outer, 3 - outer)  # the inner cavity goes to whoever filled first
