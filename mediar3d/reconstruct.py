@@ -599,11 +599,32 @@ def masks_from_field(field, prob_threshold: float = 0.5, niter: int | None = Non
     return labels_from_block_ends([ends], shape, min_size, max_size_fraction)
 
 
+def flow_errors(labels, flows) -> np.ndarray:
+    """Mean squared difference (n + 1,) float64 per object id 0..n between the flows the 2D labels
+    (H, W) imply (`mediar3d.flows.labels_to_flows_2d`) and the predicted unit flows (2, H, W),
+    summed over the two components (Cellpose's flow error; index 0 is unused and 0)."""
+    from mediar3d.flows import labels_to_flows_2d
+
+    labels = np.asarray(labels)
+    n = int(labels.max()) if labels.size else 0
+    implied = np.asarray(labels_to_flows_2d(labels), np.float32)
+    sq = ((implied - np.asarray(flows, np.float32)) ** 2).sum(0).ravel()
+    ids = labels.ravel().astype(np.int64)
+    sums = np.bincount(ids, weights=sq, minlength=n + 1)
+    counts = np.bincount(ids, minlength=n + 1)
+    errors = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+    errors[0] = 0.0
+    return errors
+
+
 def masks_from_flows_2d(flows, prob, prob_threshold: float = 0.5, niter: int | None = None,
                         diameter_px: float | None = None, min_size: int | None = None,
-                        max_size_fraction: float = 0.4, step: float = 1.0) -> np.ndarray:
+                        max_size_fraction: float = 0.4, step: float = 1.0,
+                        flow_threshold: float | None = None) -> np.ndarray:
     """uint32 labels (H, W) from 2D flows (2, H, W) = (dy, dx) and a probability map (H, W); the same
-    algorithm as 3D on a one-plane volume (min_size defaults to 5% of a disk of diameter_px)."""
+    algorithm as 3D on a one-plane volume (min_size defaults to 5% of a disk of diameter_px).
+    flow_threshold: drop masks whose flow error (`flow_errors`) exceeds it, as Cellpose's 2D
+    pipeline does (its default 0.4); None keeps every mask."""
     flows = np.asarray(flows, np.float32)
     prob = np.asarray(prob, np.float32)
     if flows.ndim != 3 or flows.shape[0] != 2 or prob.shape != flows.shape[1:]:
@@ -611,7 +632,12 @@ def masks_from_flows_2d(flows, prob, prob_threshold: float = 0.5, niter: int | N
     field = np.zeros((4, 1, *prob.shape), np.float32)
     field[1:3, 0] = flows
     field[3, 0] = prob
-    return masks_from_field(field, prob_threshold, niter, diameter_px, min_size, max_size_fraction, step)[0]
+    labels = masks_from_field(field, prob_threshold, niter, diameter_px, min_size, max_size_fraction, step)[0]
+    if flow_threshold is not None and labels.max() > 0:
+        bad = flow_errors(labels, flows) > flow_threshold
+        if bad[1:].any():
+            labels = relabel_by_first_voxel(np.where(bad[labels], 0, labels).astype(np.uint32))
+    return labels
 
 
 def block_boxes(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, ...]]:

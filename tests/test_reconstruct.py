@@ -281,3 +281,26 @@ def test_hole_filling_of_nested_shells_follows_id_order(outer):
     _fill_holes_in_boxes(labels, _boxes(voxels, flat[voxels].astype(np.int64), 2, np.asarray(labels.shape, np.int64)))
     np.testing.assert_array_equal(labels, expected)
     assert labels[10, 10, 10] == min(outer, 3 - outer)  # the inner cavity goes to whoever filled first
+
+
+def test_flow_threshold_drops_masks_whose_flows_disagree():
+    """Cellpose's 2D quality check: an object with scrambled flows breaks into pieces whose own flows
+    do not match the prediction; flow_threshold drops them and keeps every consistent object."""
+    from mediar3d.reconstruct import flow_errors
+
+    labels = jittered_balls((1, 128, 128), 20, 7.0, jitter=2.0, seed=1)[0]
+    flows = labels_to_flows_2d(labels)
+    prob = (labels > 0).astype(np.float32)
+    clean = masks_from_flows_2d(flows, prob, diameter_px=14, flow_threshold=0.4)
+    assert clean.max() == labels.max() and flow_errors(clean, flows).max() < 0.05
+    scrambled = flows.copy()
+    inside = labels == 5
+    angle = np.random.default_rng(0).uniform(0, 2 * np.pi, int(inside.sum()))
+    scrambled[0][inside], scrambled[1][inside] = np.sin(angle), np.cos(angle)
+    unchecked = masks_from_flows_2d(scrambled, prob, diameter_px=14)
+    checked = masks_from_flows_2d(scrambled, prob, diameter_px=14, flow_threshold=0.4)
+    assert unchecked.max() > labels.max()  # the scrambled object splits
+    assert checked.max() == labels.max() - 1 and not checked[inside].any()
+    others = ~inside & (labels > 0)
+    assert evaluate_frame(checked[None], np.where(inside, 0, labels)[None])["ap50"] == 1.0
+    assert (checked[others] > 0).all()
