@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
+from benchutil import machine, write_report  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -100,9 +100,7 @@ def main() -> int:
         f"Floor (issue 3): targets of a 512x512 slice with 300 objects in < {FLOOR_S} s: "
         f"{'PASS' if ours_s < FLOOR_S else 'FAIL'} ({ours_s:.3f} s for {n} objects).",
     ]
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULT, lines)
     return 0
 
 

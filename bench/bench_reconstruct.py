@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
+from benchutil import machine, write_report  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -316,9 +316,7 @@ def main() -> int:
         "",
     ]
     lines += [f"- {name}: {'PASS' if ok else 'FAIL'} ({value})" for name, ok, value in floors]
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(RESULT, lines)
     return 0
 
 

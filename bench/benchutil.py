@@ -21,3 +21,10 @@ def machine() -> str:
     load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     return (f"nproc={os.cpu_count()}, {cpu}, {ram}, {platform.system()} {platform.machine()}, "
             f"Python {platform.python_version()}; load average {load}")
+
+
+def write_report(path: Path, lines: list[str]) -> None:
+    """Write the markdown report `lines` to `path` (folders created) and print it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
