@@ -655,50 +655,44 @@ def _haloed_box(own: tuple[slice, ...], halo: int, shape: Sequence[int]) -> tupl
 
 
 class BlockReader:
-    """Hands out the haloed blocks (4, z, y, x) float32 of a field in block order, read on one
-    background thread `ahead` blocks ahead of the tasks that take them, so that reading and
-    decoding (serial in zarr) overlaps the flow following of the other workers. Holds at most
-    `ahead` blocks besides those the running tasks hold. For dask's threaded scheduler (one
-    process): each map task takes the next block, whichever task runs first."""
+    """Hands out the blocks of a field in block order: (own box, haloed box, data (4, z, y, x)
+    float32 of the haloed box), read on one background thread `ahead` blocks ahead of the tasks that
+    take them, so that reading and decoding (serial in zarr) overlaps the flow following of the other
+    workers. Holds at most `ahead` blocks besides those the running tasks hold. For dask's threaded
+    scheduler (one process): each map task takes the next block, whichever task runs first."""
 
-    def __init__(self, field, boxes: Sequence[tuple[slice, ...]], ahead: int = 1):
-        self._field, self._boxes, self._ahead = field, list(boxes), max(0, int(ahead))
+    def __init__(self, field, owns: Sequence[tuple[slice, ...]], halo: int, shape: Sequence[int], ahead: int = 1):
+        self._field, self._ahead = field, max(0, int(ahead))
+        self._blocks = [(own, _haloed_box(own, halo, shape)) for own in owns]
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mediar3d-read")
         self._pending: list = []
         self._next = 0
         self._lock = threading.Lock()
-        self._token = uuid.uuid4().hex
 
-    def __dask_tokenize__(self):
-        return self._token
-
-    def take(self) -> tuple[int, np.ndarray]:
-        """(index, block) of the next block not yet taken."""
+    def take(self) -> tuple[tuple[slice, ...], tuple[slice, ...], np.ndarray]:
+        """(own box, haloed box, data) of the next block not yet taken."""
         with self._lock:
-            while len(self._pending) < 1 + self._ahead and self._next < len(self._boxes):
-                box = self._boxes[self._next]
-                self._pending.append((self._next, self._pool.submit(_read_block, self._field, box)))
+            while len(self._pending) < 1 + self._ahead and self._next < len(self._blocks):
+                own, box = self._blocks[self._next]
+                self._pending.append((own, box, self._pool.submit(_read_block, self._field, box)))
                 self._next += 1
             if not self._pending:
                 raise RuntimeError("every block has been taken already")
-            index, future = self._pending.pop(0)
-        return index, future.result()
+            own, box, future = self._pending.pop(0)
+        return own, box, future.result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
 
 
-def _block_task(field, own, halo, shape, niter, step, prob_threshold, threads, boxes=None):
-    """Map task: BlockEnds of block `own`, or, when `field` is a BlockReader, of the next block it
-    hands out (`boxes`: the own boxes of its blocks)."""
+def _block_task(field, own, halo, shape, niter, step, prob_threshold, threads):
+    """Map task: BlockEnds of block `own` (read here with its halo), or, when `field` is a
+    BlockReader (`own` None), of the next block the reader hands out."""
     if isinstance(field, BlockReader):
-        index, data = field.take()
-        own = boxes[index]
+        own, box, data = field.take()
     else:
-        data = None
-    box = _haloed_box(own, halo, shape)
-    if data is None:
+        box = _haloed_box(own, halo, shape)
         data = _read_block(field, box)
     return block_end_points(data, tuple(b.start for b in box), own, shape, niter, step, prob_threshold, threads)
 
@@ -745,12 +739,12 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
 
     boxes = block_boxes(shape, block)
     threaded = scheduler is None or scheduler in ("threads", "threading")
-    reader = BlockReader(field, [_haloed_box(own, halo, shape) for own in boxes]) if threaded and workers > 1 else None
+    reader = BlockReader(field, boxes, halo, shape) if threaded and workers > 1 else None
     run = uuid.uuid4().hex
     source = dask.delayed(reader or field, name=f"reconstruct-field-{run}", traverse=False)
-    tasks = [dask.delayed(_block_task, pure=True, name=f"reconstruct-block-{run}-{i:06d}")(
-        source, own, halo, shape, niter, step, prob_threshold, 1, boxes if reader else None)
-        for i, own in enumerate(boxes)]
+    tasks = [dask.delayed(_block_task)(source, None if reader else own, halo, shape, niter, step, prob_threshold, 1,
+                                       dask_key_name=f"reconstruct-block-{run}-{i:06d}")
+             for i, own in enumerate(boxes)]
     log.info("reconstruct: %d blocks of %s, halo %d, %d workers%s", len(boxes), block, halo, workers,
              ", blocks read ahead on a reader thread" if reader else "")
     try:
