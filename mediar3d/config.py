@@ -20,6 +20,10 @@ from mediar3d.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 MODELS_DIR = REPO_ROOT / "models"
+#: segmentation methods (schema key `method`): three-view fusion, xy view + stitching, classical
+METHODS: tuple[str, ...] = ("mediar3d", "xy-stitch", "classical")
+#: the shipped default checkpoint (see models/MODEL_CARD.md)
+DEFAULT_MODEL_NAME = "mediar3d_default.pt"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "null"}
@@ -169,8 +173,11 @@ def check_datasets(config: Mapping[str, Any]) -> None:
 
 
 def default_model(models_dir: str | os.PathLike = MODELS_DIR) -> str | None:
-    """The shipped checkpoint: the first (by name) .pt/.pth/.ckpt file in models/, or None."""
+    """The shipped checkpoint: models/mediar3d_default.pt, else the first (by name) .pt/.pth/.ckpt
+    file in models/, or None."""
     folder = Path(models_dir)
+    if (folder / DEFAULT_MODEL_NAME).is_file():
+        return str(folder / DEFAULT_MODEL_NAME)
     found = sorted(p for p in folder.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if folder.is_dir() else []
     return str(found[0]) if found else None
 

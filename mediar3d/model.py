@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mediar3d.config import DEFAULT_MODEL_NAME, MODELS_DIR
 from mediar3d.errors import InputError
 from mediar3d.io.jsonable import to_jsonable
 
@@ -44,7 +45,7 @@ DECODERS: dict[str, tuple[tuple[int, ...], int]] = {
     "mediar": ((1024, 512, 256, 128, 64), 256),
 }
 #: the shipped default checkpoint (models/ of the repository; see models/MODEL_CARD.md)
-DEFAULT_MODEL: Path = Path(__file__).resolve().parents[1] / "models" / "mediar3d_default.pt"
+DEFAULT_MODEL: Path = MODELS_DIR / DEFAULT_MODEL_NAME
 CHECKPOINT_FORMAT = "mediar3d-checkpoint"
 CHECKPOINT_VERSION = 1
 #: stem convolution (first layer of the encoder): MEDIAR's has 3 input channels, ours 1

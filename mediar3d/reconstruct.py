@@ -40,6 +40,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
+from mediar3d.config import METHODS
 from mediar3d.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -757,6 +758,45 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
         for own in boxes:
             out[own] = labels[own]
     return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# the reconstruct stage: one entry point for the three methods (CLI `reconstruct` and `segment`)
+
+def open_method_input(path, method: str):
+    """(array, attrs) of the zarr a method reconstructs from: field.zarr (mediar3d), the xy array of
+    views.zarr (xy-stitch, with the group's attrs) or iso.zarr (classical); shapes are checked."""
+    from mediar3d.io import store
+
+    if method not in METHODS:
+        raise InputError(path, f"unknown method {method!r}: choose from {METHODS}")
+    if method == "xy-stitch":
+        group = store.open_group(path)
+        if "xy" not in group:
+            raise InputError(path, "views.zarr has no 'xy' array (xy-stitch needs the xy view)")
+        array = group["xy"]
+        return array, {**dict(group.attrs), **dict(array.attrs)}
+    array = store.open_array(path)
+    want = {"mediar3d": (4, "(4, Z, Y, X) = (dz, dy, dx, prob)"), "classical": (3, "(Z, Y, X)")}[method]
+    if array.ndim != want[0] or (method == "mediar3d" and array.shape[0] != 4):
+        raise InputError(path, f"expected a {want[1]} array for method {method}, got shape {array.shape}")
+    return array, dict(array.attrs)
+
+
+def reconstruct_method(array, attrs, method: str, *, prob_threshold: float = 0.5, diameter_px: float | None = None,
+                       min_size: int | None = None, block=None, scheduler=None, workers: int | None = None) -> np.ndarray:
+    """uint32 labels on the iso grid from `open_method_input`'s (array, attrs). diameter_px defaults
+    to attrs["diameter_px"] (recorded when resample rescaled objects to the model's diameter)."""
+    if diameter_px is None and attrs.get("diameter_px"):
+        diameter_px = float(attrs["diameter_px"])
+    if method == "mediar3d":
+        return masks_from_field_dask(array, block=block, scheduler=scheduler, workers=workers,
+                                     prob_threshold=prob_threshold, diameter_px=diameter_px, min_size=min_size)
+    if method == "xy-stitch":
+        return xy_stitch_from_views(array, prob_threshold=prob_threshold, diameter_px=diameter_px, min_size=min_size)
+    from mediar3d.baselines import classical_segment
+
+    return np.asarray(classical_segment(np.asarray(array), diameter_px=diameter_px, min_size=min_size), dtype=np.uint32)
 
 
 # ---------------------------------------------------------------------------------------------

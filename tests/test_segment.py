@@ -103,6 +103,8 @@ def test_segment_ctc_sequence_writes_one_mask_per_frame(ctc_sequence, checkpoint
     tracks = read_tracks(res / "res_track.txt")  # a valid CTC result: every object is a track
     ids = set(np.unique(tifffile.imread(res / "mask000.tif"))) | set(np.unique(tifffile.imread(res / "mask001.tif")))
     assert set(tracks[:, 0]) == ids - {0}
+    if method == "classical":  # the untrained network finds nothing; the classical method finds both balls
+        assert len(ids - {0}) >= 2
     for p in res.glob("mask*.tif"):
         mask = tifffile.imread(p)
         assert mask.shape == SHAPE and mask.dtype == np.uint16
@@ -122,3 +124,36 @@ def test_segment_ome_zarr_with_voxel_size_override(checkpoint, tmp_path):
 def test_segment_bad_input_is_a_clear_error(tmp_path, capsys):
     assert _run("segment", tmp_path / "nowhere", "--out", tmp_path / "res", "--method", "classical") == 1
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_segment_refuses_gapped_frames_and_masks_of_other_frames(ctc_sequence, tmp_path, capsys):
+    """A CTC result needs every frame between its first and last, and res_track.txt must describe
+    every mask of the folder: both are checked before any work."""
+    res = tmp_path / "res"
+    for t in (2, 3):
+        ctc.write_frame(ctc_sequence / f"t{t:03d}.tif", _frames()[0], VOXEL)
+    assert _run("segment", ctc_sequence, "--out", res, "--method", "classical", "--frames", 0, 2) == 1
+    assert "not consecutive" in capsys.readouterr().err and not res.exists()
+    assert _run("segment", ctc_sequence, "--out", res, "--method", "classical", "--frames", 1, 2) == 0
+    assert sorted(p.name for p in res.iterdir()) == ["mask001.tif", "mask002.tif", "res_track.txt"]
+    assert read_tracks(res / "res_track.txt")[:, 1].min() == 1  # tracks begin at the first frame segmented
+    assert _run("segment", ctc_sequence, "--out", res, "--method", "classical", "--frames", 1) == 1
+    assert "mask002.tif" in capsys.readouterr().err
+
+
+def test_segment_reconstructs_at_the_rescaled_diameter(ctc_sequence, checkpoint, tmp_path, monkeypatch):
+    """--diameter rescales objects to the checkpoint's training diameter (12 px): reconstruction must
+    then use 12 px too (flow steps, minimum size), as the workflow's reconstruct rule does."""
+    from mediar3d import reconstruct
+
+    seen = []
+    original = reconstruct.masks_from_field_dask
+
+    def spy(field, **kwargs):
+        seen.append(kwargs["diameter_px"])
+        return original(field, **kwargs)
+
+    monkeypatch.setattr(reconstruct, "masks_from_field_dask", spy)
+    assert _run("segment", ctc_sequence, "--out", tmp_path / "res", "--model", checkpoint, "--diameter", 6,
+                "--frames", 0, "--device", "cpu", "--no-progress") == 0
+    assert seen == [12.0]

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mediar3d.config import METHODS
 from mediar3d.errors import InputError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mediar3d", "xy-stitch", "classical")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,52 +49,19 @@ def _original_shape(attrs, path: Path, shape) -> tuple[int, ...]:
     return tuple(int(s) for s in original)
 
 
-def _open(path: Path, method: str):
-    """(array, attrs) of the input the method reads."""
-    from mediar3d.io import store
-
-    if method == "xy-stitch":
-        group = store.open_group(path)
-        if "xy" not in group:
-            raise InputError(path, "views.zarr has no 'xy' array (xy-stitch needs the xy view)")
-        array = group["xy"]
-        return array, {**dict(group.attrs), **dict(array.attrs)}
-    array = store.open_array(path)
-    want = {"mediar3d": (4, "(4, Z, Y, X) = (dz, dy, dx, prob)"), "classical": (3, "(Z, Y, X)")}[method]
-    if array.ndim != want[0] or (method == "mediar3d" and array.shape[0] != 4):
-        raise InputError(path, f"expected a {want[1]} array for method {method}, got shape {array.shape}")
-    return array, dict(array.attrs)
-
-
-def reconstruct_iso(array, method: str, args: argparse.Namespace) -> np.ndarray:
-    """uint32 labels on the iso grid."""
-    from mediar3d import reconstruct
-
-    if method == "mediar3d":
-        return reconstruct.masks_from_field_dask(
-            array, block=args.block, scheduler=args.scheduler, workers=args.workers,
-            prob_threshold=args.prob_threshold, diameter_px=args.diameter_px, min_size=args.min_size)
-    if method == "xy-stitch":
-        return reconstruct.xy_stitch_from_views(array, prob_threshold=args.prob_threshold,
-                                                diameter_px=args.diameter_px, min_size=args.min_size)
-    from mediar3d.baselines import classical_segment
-
-    return np.asarray(classical_segment(np.asarray(array), diameter_px=args.diameter_px, min_size=args.min_size),
-                      dtype=np.uint32)
-
-
 def run(args: argparse.Namespace) -> int:
     import numba
 
+    from mediar3d import reconstruct
     from mediar3d.io.ctc import write_mask
     from mediar3d.resample import labels_to_original
 
     workers = args.workers or os.cpu_count() or 1
     numba.set_num_threads(max(1, min(int(workers), numba.config.NUMBA_NUM_THREADS)))
-    array, attrs = _open(args.input, args.method)
-    if args.diameter_px is None and attrs.get("diameter_px"):
-        args.diameter_px = float(attrs["diameter_px"])  # objects were rescaled to the model's diameter
-    labels_iso = reconstruct_iso(array, args.method, args)
+    array, attrs = reconstruct.open_method_input(args.input, args.method)
+    labels_iso = reconstruct.reconstruct_method(
+        array, attrs, args.method, prob_threshold=args.prob_threshold, diameter_px=args.diameter_px,
+        min_size=args.min_size, block=args.block, scheduler=args.scheduler, workers=args.workers)
     original = _original_shape(attrs, args.input, labels_iso.shape)
     labels = labels_iso if tuple(labels_iso.shape) == original else labels_to_original(labels_iso, original)
     n = int(labels.max()) if labels.size else 0

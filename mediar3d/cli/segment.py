@@ -19,14 +19,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from mediar3d.config import METHODS
 from mediar3d.errors import InputError
 from mediar3d.io.omezarr import is_ome_zarr
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mediar3d", "xy-stitch", "classical")
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,26 +44,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_model_path() -> Path:
-    """mediar3d.model.DEFAULT_MODEL when defined, else the single checkpoint in the repository's models/."""
-    try:
-        from mediar3d.model import DEFAULT_MODEL
-    except ImportError:
-        DEFAULT_MODEL = None
-    if DEFAULT_MODEL:
-        return Path(DEFAULT_MODEL)
-    found = sorted(p for p in MODELS_DIR.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if MODELS_DIR.is_dir() else []
-    if not found:
+    """The shipped checkpoint (`mediar3d.config.default_model`), or a clear error."""
+    from mediar3d.config import MODELS_DIR, default_model
+
+    found = default_model()
+    if found is None:
         raise InputError(MODELS_DIR, "no model checkpoint found: pass --model CKPT")
-    return found[0]
+    return Path(found)
 
 
 # ---------------------------------------------------------------------------------------------
 # frames of the input
 
 
-def iter_frames(path: Path, voxel_size: Sequence[float] | None, frames: Sequence[int] | None = None
-                ) -> Iterator[tuple[int, str, object, tuple]]:
-    """Yield (timepoint, mask file name, volume (Z, Y, X), voxel size um) for each frame of INPUT."""
+def iter_frames(path: Path, voxel_size: Sequence[float] | None, frames: Sequence[int] | None = None,
+                load: bool = True) -> Iterator[tuple[int, str, object, tuple]]:
+    """Yield (timepoint, mask file name, volume (Z, Y, X), voxel size um) for each frame of INPUT, in
+    time order (volume None unless `load`)."""
     from mediar3d.io import ctc
 
     wanted = None if frames is None else set(frames)
@@ -78,14 +73,15 @@ def iter_frames(path: Path, voxel_size: Sequence[float] | None, frames: Sequence
         _check_wanted(path, wanted, range(image.shape[0]))
         for t in range(image.shape[0]):
             if wanted is None or t in wanted:
-                yield t, f"mask{t:0{digits}d}.tif", image[t], size
+                yield t, f"mask{t:0{digits}d}.tif", image[t] if load else None, size
         return
     seq = ctc.discover_sequence(path)
     _check_wanted(path, wanted, seq.timepoints)
     for t in seq.timepoints:
         if wanted is None or t in wanted:
             frame = seq.frames[t]
-            yield t, seq.frame_name(t, "mask"), ctc.read_frame(frame), ctc.resolve_voxel_size(frame, voxel_size)
+            volume = ctc.read_frame(frame) if load else None
+            yield t, seq.frame_name(t, "mask"), volume, ctc.resolve_voxel_size(frame, voxel_size)
 
 
 def _check_wanted(path: Path, wanted, available) -> None:
@@ -102,48 +98,61 @@ def segment_volume(volume, voxel_size: Sequence[float], workdir: Path, *, method
                    model=None, meta: dict | None = None, diameter_um: float | None = None,
                    device: str = "auto", tta: bool = False, source: str = "", timepoint: int = 0,
                    progress: bool = True) -> np.ndarray:
-    """Labels (uint32, the volume's shape) of one (Z, Y, X) frame; intermediates go under `workdir`."""
-    if method == "classical":
-        from mediar3d.baselines import classical_segment
-
-        return np.asarray(classical_segment(np.asarray(volume), voxel_size=voxel_size), dtype=np.uint32)
-    if method not in METHODS:
-        raise InputError(None, f"unknown method {method!r}: choose from {METHODS}")
-    from mediar3d.infer import predict_views
+    """Labels (uint32, the volume's shape) of one (Z, Y, X) frame; intermediates go under `workdir`.
+    The same stages as the workflow: resample -> (infer -> fuse) -> reconstruct -> original grid."""
+    from mediar3d import reconstruct
     from mediar3d.resample import DEFAULT_PERCENTILES, labels_to_original, resample_frame
 
+    if method not in METHODS:
+        raise InputError(None, f"unknown method {method!r}: choose from {METHODS}")
     meta = meta or {}
-    percentiles = meta.get("norm_percentiles") or meta.get("percentiles") or DEFAULT_PERCENTILES
+    percentiles = meta.get("norm_percentiles") or DEFAULT_PERCENTILES
     train_diameter = meta.get("train_diameter_px") if diameter_um else None
     iso = resample_frame(volume, voxel_size, workdir / "iso.zarr", percentiles=percentiles, diameter_um=diameter_um,
                          train_diameter_px=train_diameter, source=source, timepoint=timepoint)
-    views = ["xy"] if method == "xy-stitch" else ["xy", "xz", "yz"]
-    predict_views(iso, model, workdir / "views.zarr", views, device=device, tta=tta, progress=progress,
-                  flow_scale=meta.get("flow_scale"))
-    labels_iso = reconstruct_labels(workdir, method)
-    return labels_to_original(labels_iso, tuple(volume.shape))
+    stage_input = workdir / "iso.zarr"
+    if method != "classical":
+        from mediar3d.infer import predict_views
 
+        views = ["xy"] if method == "xy-stitch" else ["xy", "xz", "yz"]
+        predict_views(iso, model, workdir / "views.zarr", views, device=device, tta=tta, progress=progress,
+                      flow_scale=meta.get("flow_scale"))
+        stage_input = workdir / "views.zarr"
+    if method == "mediar3d":
+        from mediar3d.fuse import fuse_zarr
 
-def reconstruct_labels(workdir: Path, method: str) -> np.ndarray:
-    """Iso-grid labels from workdir/views.zarr: fused 3D flows (mediar3d) or 2D xy masks stitched (xy-stitch)."""
-    from mediar3d import reconstruct
-    from mediar3d.io import store
-
-    if method == "xy-stitch":
-        return np.asarray(reconstruct.xy_stitch_from_views(store.open_group(workdir / "views.zarr")["xy"]))
-    from mediar3d.fuse import fuse_zarr
-
-    fuse_zarr(workdir / "views.zarr", workdir / "field.zarr")
-    return np.asarray(reconstruct.masks_from_field_dask(store.open_array(workdir / "field.zarr")))
+        fuse_zarr(workdir / "views.zarr", workdir / "field.zarr")
+        stage_input = workdir / "field.zarr"
+    array, attrs = reconstruct.open_method_input(stage_input, method)
+    return labels_to_original(reconstruct.reconstruct_method(array, attrs, method), tuple(volume.shape))
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
-    from mediar3d.io.ctc import write_mask
-    from mediar3d.tracking import track_res_folder
+def _check_frames(frames: Sequence[int] | None) -> None:
+    if frames and sorted(set(frames)) != list(range(min(frames), max(frames) + 1)):
+        raise InputError(None, f"--frames {sorted(set(frames))} are not consecutive: a CTC result needs every "
+                               "frame between its first and last")
 
+
+def _check_no_other_masks(out: Path, names: set[str]) -> None:
+    """Refuse an output folder holding masks of other frames: res_track.txt would not describe them."""
+    from mediar3d.evaluate import result_masks
+
+    others = sorted(p.name for p in result_masks(out).values() if p.name not in names) if out.is_dir() else []
+    if others:
+        raise InputError(out, f"holds masks of frames this run does not segment ({', '.join(others[:5])}): "
+                              "remove them or choose another --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mediar3d.io.ctc import write_mask, write_tracks
+    from mediar3d.tracking import Linker
+
+    _check_frames(args.frames)
+    frames = list(iter_frames(args.input, args.voxel_size, args.frames, load=False))
+    _check_no_other_masks(args.out, {name for _, name, _, _ in frames})
     model = meta = None
     if args.method != "classical":
         from mediar3d.infer import load_model, resolve_device, set_threads
@@ -154,16 +163,15 @@ def run(args: argparse.Namespace) -> int:
         if args.diameter and not meta.get("train_diameter_px"):
             raise InputError(model_path, "--diameter needs a checkpoint that records train_diameter_px")
     args.out.mkdir(parents=True, exist_ok=True)
-    count = 0
+    linker = Linker(frames[0][0])
     for t, name, volume, voxel_size in iter_frames(args.input, args.voxel_size, args.frames):
         with tempfile.TemporaryDirectory(prefix=f"mediar3d-t{t}-") as tmp:
             labels = segment_volume(volume, voxel_size, Path(tmp), method=args.method, model=model, meta=meta,
                                     diameter_um=args.diameter, device=args.device, tta=args.tta,
                                     source=str(args.input), timepoint=t, progress=not args.no_progress)
-        write_mask(args.out / name, labels)
-        count += 1
-        log.info("frame %d: %d objects -> %s", t, int(labels.max()), args.out / name)
-    log.info("segmented %d frames of %s with %s into %s", count, args.input, args.method, args.out)
-    tracks = track_res_folder(args.out)
-    log.info("linked objects over time: %s (a valid CTC result folder)", tracks)
+        write_mask(args.out / name, linker.add(labels), voxel_size)
+        log.info("frame %d: %d objects, %d tracks so far -> %s", t, linker.n_objects, linker.n_tracks, args.out / name)
+    tracks = write_tracks(args.out / "res_track.txt", linker.tracks.tolist())
+    log.info("segmented %d frames of %s with %s into %s; objects linked over time in %s (a valid CTC result folder)",
+             len(frames), args.input, args.method, args.out, tracks)
     return 0
