@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from mediar3d.baselines import classical_segment
 from mediar3d.errors import InputError
 from mediar3d.evaluate import evaluate_frame
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bbbc050-mouse-embryo"
 
 
 def spheres(shape, centres, radius, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
@@ -75,13 +71,11 @@ def test_min_size_and_edge_cases():
         classical_segment(vol, voxel_size=(1, 0, 1))
 
 
-def test_real_embryo_nuclei():
-    if not DATA.is_dir():
-        pytest.skip("shared data absent")
+def test_real_embryo_nuclei(bbbc050):
     import tifffile
 
     for t, n in [(0, 8), (1, 16)]:
-        raw = tifffile.imread(DATA / "01" / f"t{t:03d}.tif")
-        gt = tifffile.imread(DATA / "01_GT" / "SEG" / f"man_seg{t:03d}.tif")
+        raw = tifffile.imread(bbbc050 / "01" / f"t{t:03d}.tif")
+        gt = tifffile.imread(bbbc050 / "01_GT" / "SEG" / f"man_seg{t:03d}.tif")
         m = evaluate_frame(classical_segment(raw, voxel_size=(1.75, 0.8, 0.8)), gt)
         assert m["n_gt"] == n and m["f1"] >= 0.85 and m["seg"] > 0.6

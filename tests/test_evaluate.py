@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import ctc_metrics.scripts.evaluate as ctc_eval  # py-ctcmetrics: a required test dependency (extra `test`)
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,8 +25,6 @@ from mediar3d.evaluate import (
     pooled_seg,
     seg_score,
 )
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bbbc050-mouse-embryo"
 
 
 def split_merge_case() -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +351,6 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_seg_equals_py_ctcmetrics(tmp_path, case):
-    ctc_eval = pytest.importorskip("ctc_metrics.scripts.evaluate")
     gts = [_cells(seed=s) for s in range(4)]  # many frames
     preds = CASES[case](gts)
     res, gt_dir = write_ctc(tmp_path, {f"man_seg{t:03d}.tif": g for t, g in enumerate(gts)},
@@ -376,11 +374,8 @@ def test_seg_equals_py_ctcmetrics(tmp_path, case):
         assert rows["seg"][t] == pytest.approx(seg([ref], [ious]), abs=1e-6)
 
 
-def test_seg_equals_py_ctcmetrics_on_real_data(tmp_path):
-    ctc_eval = pytest.importorskip("ctc_metrics.scripts.evaluate")
-    if not DATA.is_dir():
-        pytest.skip("shared data absent")
-    gts = [tifffile.imread(DATA / "01_GT" / "SEG" / f"man_seg{t:03d}.tif") for t in range(2)]
+def test_seg_equals_py_ctcmetrics_on_real_data(tmp_path, bbbc050):
+    gts = [tifffile.imread(bbbc050 / "01_GT" / "SEG" / f"man_seg{t:03d}.tif") for t in range(2)]
     preds = [np.roll(g, 2, axis=1) for g in gts]
     preds[1] = _split(preds[1])
     res, gt_dir = write_ctc(tmp_path, {f"man_seg{t:03d}.tif": g for t, g in enumerate(gts)},
@@ -392,27 +387,24 @@ def test_seg_equals_py_ctcmetrics_on_real_data(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Empty frame")
-def test_classical_baseline_end_to_end_on_real_data(tmp_path, capsys):
+def test_classical_baseline_end_to_end_on_real_data(tmp_path, capsys, bbbc050):
     """classical masks -> valid CTC RES folder -> `mediar3d evaluate` (SEG equal to py-ctcmetrics)
     -> `mediar3d aggregate`."""
-    ctc_eval = pytest.importorskip("ctc_metrics.scripts.evaluate")
-    if not DATA.is_dir():
-        pytest.skip("shared data absent")
     from mediar3d.baselines import classical_segment
     from mediar3d.io.ctc import write_mask
     from mediar3d.tracking import track_res_folder
 
     res = tmp_path / "bbbc050" / "01_RES"
     for t in range(2):
-        labels = classical_segment(tifffile.imread(DATA / "01" / f"t{t:03d}.tif"), voxel_size=(1.75, 0.8, 0.8))
+        labels = classical_segment(tifffile.imread(bbbc050 / "01" / f"t{t:03d}.tif"), voxel_size=(1.75, 0.8, 0.8))
         write_mask(res / f"mask{t:03d}.tif", labels)
     track_res_folder(res)
     csv = tmp_path / "metrics.csv"
-    assert main(["evaluate", "--res", str(res), "--gt", str(DATA / "01_GT"), "--out", str(csv),
+    assert main(["evaluate", "--res", str(res), "--gt", str(bbbc050 / "01_GT"), "--out", str(csv),
                  "--method", "classical"]) == 0
     rows = pd.read_csv(csv, dtype={"sequence": str})
     assert rows["dataset"].tolist() == ["bbbc050-mouse-embryo"] * 2 and rows["sequence"][0] == "01"
-    theirs = ctc_eval.evaluate_sequence(str(res), str(DATA / "01_GT"), metrics=["Valid", "SEG"], threads=1)
+    theirs = ctc_eval.evaluate_sequence(str(res), str(bbbc050 / "01_GT"), metrics=["Valid", "SEG"], threads=1)
     assert theirs["Valid"] == 1
     assert pooled_seg(rows["seg"], rows["n_gt"]) == pytest.approx(theirs["SEG"], abs=1e-6)
     assert rows["f1"].min() >= 0.85

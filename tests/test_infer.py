@@ -70,6 +70,46 @@ def test_tiling_blends_context_model_close_to_untiled():
     assert np.abs(tiled[inner] - whole[inner]).max() < 0.02
 
 
+class OffCentre(torch.nn.Module):
+    """Fixed 3x3 convolutions with off-centre, asymmetric kernels, one per output channel:
+    not flip-symmetric, so flipping the input changes the (un-flipped) prediction."""
+
+    def __init__(self):
+        super().__init__()
+        kernels = torch.zeros(3, 1, 3, 3)
+        kernels[0, 0, 0, 0], kernels[0, 0, 2, 1] = 1.0, -0.5  # top-left and bottom-middle
+        kernels[1, 0, 1, 2], kernels[1, 0, 0, 1] = 0.7, 0.2   # right-middle and top-middle
+        kernels[2, 0, 2, 2], kernels[2, 0, 1, 0] = 1.0, 0.3   # bottom-right and left-middle
+        self.register_buffer("kernels", kernels)
+
+    def forward(self, x):
+        y = F.conv2d(x, self.kernels.to(x.dtype), padding=1)
+        return torch.cat([SCALE * y[:, :1], SCALE * y[:, 1:2], y[:, 2:]], dim=1)
+
+
+def _hand_tta(model, slices):
+    """Mean over identity / column flip / row flip / both of the model's predictions, each flipped
+    back, with the row flow negated under a row flip and the column flow under a column flip;
+    flows divided by FLOW_SCALE. `slices` (N, H, W), H and W multiples of 32 (no padding)."""
+    total = np.zeros((slices.shape[0], 3) + slices.shape[1:], np.float64)
+    for flip_rows in (False, True):
+        for flip_cols in (False, True):
+            x = slices[:, ::-1] if flip_rows else slices
+            x = x[:, :, ::-1] if flip_cols else x
+            with torch.no_grad():
+                y = model(torch.from_numpy(np.ascontiguousarray(x))[:, None]).numpy().astype(np.float64)
+            if flip_rows:
+                y = y[:, :, ::-1]
+                y[:, 0] *= -1
+            if flip_cols:
+                y = y[:, :, :, ::-1]
+                y[:, 1] *= -1
+            total += y
+    total /= 4
+    total[:, :2] /= SCALE
+    return total
+
+
 def test_flip_tta_corrects_flow_signs():
     rng = np.random.default_rng(1)
     slices = rng.random((2, 40, 50)).astype(np.float32)
@@ -77,6 +117,15 @@ def test_flip_tta_corrects_flow_signs():
     tta = infer.predict_slices(Gradient(), slices, tile=256, tta=True)
     np.testing.assert_allclose(tta, plain, atol=1e-5)
     assert np.abs(plain[:, :2]).mean() > 0.05
+    # a model that is not flip-symmetric: TTA is exactly the sign-corrected mean of the 4 flips
+    model = OffCentre()
+    slices = rng.random((2, 64, 96)).astype(np.float32)  # multiples of 32: one unpadded tile
+    plain = infer.predict_slices(model, slices, tile=256)
+    tta = infer.predict_slices(model, slices, tile=256, tta=True)
+    assert tta.shape == plain.shape == (2, 3, 64, 96)
+    np.testing.assert_allclose(tta, _hand_tta(model, slices), atol=1e-5)
+    for c in range(3):  # every channel, flows included, differs from the un-augmented prediction
+        assert np.abs(tta[:, c] - plain[:, c]).mean() > 0.05
 
 
 def _linear_volume(shape=(20, 24, 28)):

@@ -174,12 +174,8 @@ def test_track_file_round_trip(tmp_path):
         ctc.read_tracks(path)
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bbbc050-mouse-embryo"
-
-
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
-def test_real_bbbc050_dataset_is_discovered():
-    ds = ctc.discover_dataset(SHARED)
+def test_real_bbbc050_dataset_is_discovered(bbbc050):
+    ds = ctc.discover_dataset(bbbc050)
     seq = ds.sequences["01"]
     assert seq.timepoints == [0, 1] and sorted(seq.gt_full) == [0, 1]
     frame = ctc.read_frame(seq.frames[0])

@@ -1,7 +1,5 @@
 """Normalization percentiles, zoom factors, chunked resampling and the way back for labels."""
 
-from pathlib import Path
-
 import dask.array as da
 import numpy as np
 import pytest
@@ -111,14 +109,10 @@ def test_bad_volume_rejected():
         rs.resample_to_iso(np.zeros((4, 4)), (1, 1, 1))
 
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bbbc050-mouse-embryo"
-
-
-@pytest.mark.skipif(not DATA.is_dir(), reason="shared BBBC050 data not present")
-def test_real_embryo_gt_round_trip_and_diameter():
+def test_real_embryo_gt_round_trip_and_diameter(bbbc050):
     from mediar3d.io import ctc
 
-    gt = ctc.read_labels(DATA / "01_GT" / "SEG" / "man_seg000.tif")
+    gt = ctc.read_labels(bbbc050 / "01_GT" / "SEG" / "man_seg000.tif")
     voxel = (1.75, 0.8, 0.8)
     zoom = rs.zoom_factors(voxel)
     up = rs.resample_labels(gt, rs.iso_shape(gt.shape, zoom))
@@ -129,10 +123,16 @@ def test_real_embryo_gt_round_trip_and_diameter():
 
 def test_resample_frame_records_the_expected_diameter_when_rescaling(tmp_path):
     vol = np.random.default_rng(3).integers(0, 1000, (6, 24, 24)).astype(np.uint16)
-    out = rs.resample_frame(vol, (2.0, 0.5, 0.5), tmp_path / "iso.zarr", diameter_um=7.0, train_diameter_px=14)
+    # 14 um objects at a training diameter of 14 px -> iso voxel 1.0 um, coarser than the native
+    # 0.5 um xy pixels: zoom (2, 0.5, 0.5) instead of the plain (4, 1, 1)
+    out = rs.resample_frame(vol, (2.0, 0.5, 0.5), tmp_path / "iso.zarr", diameter_um=14.0, train_diameter_px=14)
     attrs = zarr.open_array(str(out), mode="r").attrs if not hasattr(out, "attrs") else out.attrs
-    assert attrs["iso_voxel_um"] == pytest.approx(0.5)
+    assert attrs["iso_voxel_um"] == pytest.approx(1.0)
     assert attrs["diameter_px"] == pytest.approx(14.0)
+    assert attrs["zoom"] == pytest.approx([2.0, 0.5, 0.5])
+    assert zarr.open_array(str(out), mode="r").shape == (12, 12, 12)
     plain = rs.resample_frame(vol, (2.0, 0.5, 0.5), tmp_path / "plain.zarr")
     plain_attrs = zarr.open_array(str(plain), mode="r").attrs if not hasattr(plain, "attrs") else plain.attrs
     assert "diameter_px" not in plain_attrs
+    assert plain_attrs["iso_voxel_um"] == pytest.approx(0.5) and plain_attrs["zoom"] == pytest.approx([4.0, 1.0, 1.0])
+    assert zarr.open_array(str(plain), mode="r").shape == (24, 24, 24)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ctc_metrics.scripts.evaluate as ctc_eval  # py-ctcmetrics: a required test dependency (extra `test`)
+import ctc_metrics.scripts.validate as validate
 import numpy as np
 import pytest
 import tifffile
@@ -88,7 +90,6 @@ def write_res(res: Path, frames: list[np.ndarray], first: int = 0) -> None:
 
 @pytest.mark.filterwarnings("ignore:Empty frame")
 def test_res_folder_is_valid_for_py_ctcmetrics(tmp_path):
-    validate = pytest.importorskip("ctc_metrics.scripts.validate")
     res = tmp_path / "ds" / "01_RES"
     write_res(res, division_sequence())
     # the raw masks with a naive track file (one track per label per frame) are invalid
@@ -104,7 +105,6 @@ def test_res_folder_is_valid_for_py_ctcmetrics(tmp_path):
 
 def test_perfect_result_scores_tra_one(tmp_path):
     """GT TRA built by the same linker; the prediction is the GT with other ids: TRA = DET = 1."""
-    ctc_eval = pytest.importorskip("ctc_metrics.scripts.evaluate")
     frames = division_sequence()
     gt_frames, gt_tracks = track_frames(frames)
     tra, seg = tmp_path / "ds" / "01_GT" / "TRA", tmp_path / "ds" / "01_GT" / "SEG"

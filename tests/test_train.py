@@ -9,47 +9,19 @@ import pytest
 import torch
 
 from mediar3d.model import FLOW_SCALE, build_model, load_checkpoint
+from mediar3d.synthetic import make_dataset
 from mediar3d.train import (CropSampler, SliceSample, TrainConfig, anisotropic_blur, augmented_crop, find_volumes,
                             flip_flows, lr_factor, prepare_slices, rot90_flows, segmentation_loss, slice_view, train)
 
 torch.set_num_threads(2)
 
 
-def _sphere_dataset(root, seed: int, shape=(12, 64, 64), anisotropy=3.0, n=14):
-    """A CTC dataset of one frame of random spheres (anisotropic voxels) with full-3D GT."""
-    from mediar3d.io.ctc import write_frame, write_mask
-
-    rng = np.random.default_rng(seed)
-    zz, yy, xx = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]].astype(np.float32)
-    zz *= anisotropy
-    labels = np.zeros(shape, np.uint16)
-    for i in range(1, n + 1):
-        c = rng.uniform((0, 0, 0), (shape[0] * anisotropy, shape[1], shape[2]))
-        r = rng.uniform(5, 8)
-        inside = ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < r * r) & (labels == 0)
-        labels[inside] = i
-    image = (labels > 0) * 200.0 + rng.normal(20, 8, shape)
-    write_frame(root / "01" / "t000.tif", image.clip(0, None).astype(np.uint16), (anisotropy, 1.0, 1.0))
-    write_mask(root / "01_GT" / "SEG" / "man_seg000.tif", labels)
-    return root
-
-
-def _tiny_dataset(root, seed: int):
-    """`mediar3d synth`'s tiny preset when that module is there, else random spheres."""
-    try:
-        from mediar3d.synthetic import PRESETS, make_dataset
-    except ImportError:
-        return _sphere_dataset(root, seed)
-    if "tiny" not in PRESETS:
-        return _sphere_dataset(root, seed)
-    make_dataset("tiny", seed, root, frames=1)
-    return root
-
-
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     base = tmp_path_factory.mktemp("train_data")
-    return _tiny_dataset(base / "train", 1000), _tiny_dataset(base / "val", 1001)
+    # `mediar3d synth`'s tiny preset, one frame (full-3D GT) per dataset
+    return (make_dataset("tiny", 1000, base / "train", frames=1),
+            make_dataset("tiny", 1001, base / "val", frames=1))
 
 
 def _small_config(**kw) -> TrainConfig:
