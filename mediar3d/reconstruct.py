@@ -39,6 +39,7 @@ from typing import Sequence
 
 import numba
 import numpy as np
+from scipy.special import expit
 
 from mediar3d.config import METHODS
 from mediar3d.errors import InputError
@@ -563,8 +564,10 @@ def labels_from_block_ends(blocks: Sequence[BlockEnds], volume_shape: Sequence[i
     _scatter(labels, voxels, objects)
     labels = labels.reshape(shape)
     _fill_holes_in_boxes(labels, _boxes(voxels, objects, int(order.size), np.asarray(shape, np.int64)))
-    log.info("reconstruct: %d foreground voxels, %d end point sites, %d objects kept of %d",
-             voxels.size, keys.size, int(order.size), n)
+    # one line per volume; per-plane calls (2D masks of slices) would flood the log
+    log.log(logging.INFO if shape[0] > 1 else logging.DEBUG,
+            "reconstruct: %d foreground voxels, %d end point sites, %d objects kept of %d",
+            voxels.size, keys.size, int(order.size), n)
     return labels
 
 
@@ -687,6 +690,18 @@ class BlockReader:
         self._pending.clear()
 
 
+class _Sliced:
+    """Wraps a dask array so that it enters the task graph as an opaque object (dask would compute a
+    collection argument whole); each task then computes only its block's slice."""
+
+    def __init__(self, array):
+        self.array = array
+        self.shape = array.shape
+
+    def __getitem__(self, key):
+        return self.array[key]
+
+
 def _block_task(field, own, halo, shape, niter, step, prob_threshold, threads):
     """Map task: BlockEnds of block `own` (read here with its halo), or, when `field` is a
     BlockReader (`own` None), of the next block the reader hands out."""
@@ -742,6 +757,8 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
     threaded = scheduler is None or scheduler in ("threads", "threading")
     reader = BlockReader(field, boxes, halo, shape) if threaded and workers > 1 else None
     run = uuid.uuid4().hex
+    if reader is None and dask.is_dask_collection(field):
+        field = _Sliced(field)
     source = dask.delayed(reader or field, name=f"reconstruct-field-{run}", traverse=False)
     tasks = [dask.delayed(_block_task)(source, None if reader else own, halo, shape, niter, step, prob_threshold, 1,
                                        dask_key_name=f"reconstruct-block-{run}-{i:06d}")
@@ -861,6 +878,6 @@ def xy_stitch_from_views(xy, prob_threshold: float = 0.5, niter: int | None = No
     slices = np.zeros(shape[1:], np.uint32)
     for z in range(shape[1]):
         plane = np.asarray(xy[:, z], np.float32)
-        prob = 1.0 / (1.0 + np.exp(-plane[2]))
+        prob = expit(plane[2])
         slices[z] = masks_from_flows_2d(plane[:2], prob, prob_threshold, niter, diameter_px, min_size)
     return stitch_slices(slices, iou_threshold)

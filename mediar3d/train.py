@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from mediar3d.errors import InputError
+from mediar3d.infer import resolve_device
 from mediar3d.model import FLOW_SCALE, build_model, pad_to_multiple, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -410,27 +411,25 @@ def lr_factor(step: int, total: int, warmup_fraction: float, min_fraction: float
     return min_fraction + (1.0 - min_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def centre_crop(sample: SliceSample, size: int) -> SliceSample:
+    """The sample cropped to at most size x size around its centre."""
+    h, w = sample.labels.shape
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    win = np.s_[top:top + size, left:left + size]
+    return SliceSample(sample.view, sample.image[win], sample.flows[(slice(None),) + win], sample.labels[win],
+                       sample.source)
+
+
 def validation_slices(samples: Sequence[SliceSample], per_view: int, size: int, seed: int) -> list[SliceSample]:
-    """A fixed set of held-out slices (per_view per view, cropped to at most size x size around their centre)."""
+    """A fixed set of held-out slices: per_view per view, centre-cropped to at most size x size; crops
+    without an object are passed over (their AP@0.5 is undefined)."""
     rng = np.random.default_rng(seed)
     chosen = []
     for view in VIEWS:
         pool = [s for s in samples if s.view == view]
-        for i in rng.permutation(len(pool))[:per_view]:
-            s = pool[int(i)]
-            h, w = s.labels.shape
-            top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-            win = np.s_[top:top + size, left:left + size]
-            chosen.append(SliceSample(view, s.image[win], s.flows[(slice(None),) + win], s.labels[win], s.source))
+        crops = (centre_crop(pool[int(i)], size) for i in rng.permutation(len(pool)))
+        chosen.extend([c for c in crops if c.labels.any()][:per_view])
     return chosen
-
-
-def _masks_from_flows_2d():
-    try:
-        from mediar3d.reconstruct import masks_from_flows_2d
-    except ImportError:
-        return None
-    return masks_from_flows_2d
 
 
 def predict_slice(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
@@ -442,24 +441,14 @@ def predict_slice(model: torch.nn.Module, image: np.ndarray, device: torch.devic
 
 
 def slice_ap50(output: np.ndarray, labels: np.ndarray, diameter_px: float | None = None) -> float:
-    """AP@0.5 of the 2D masks reconstructed from one slice's network output against its labels
-    (NaN while mediar3d.reconstruct is not available)."""
-    from mediar3d.evaluate import evaluate_frame
+    """AP@0.5 of the 2D masks reconstructed from one slice's network output (3, H, W) against its
+    labels (H, W)."""
+    from scipy.special import expit
 
-    masks_from_flows_2d = _masks_from_flows_2d()
-    if masks_from_flows_2d is None:
-        return float("nan")
-    prob = 1.0 / (1.0 + np.exp(-output[2]))
-    recon_log = logging.getLogger("mediar3d.reconstruct")
-    level = recon_log.level
-    recon_log.setLevel(logging.WARNING)  # one INFO line per slice would drown the training log
-    try:
-        if diameter_px is None:
-            pred = masks_from_flows_2d(output[:2] / FLOW_SCALE, prob)
-        else:
-            pred = masks_from_flows_2d(output[:2] / FLOW_SCALE, prob, diameter_px=diameter_px)
-    finally:
-        recon_log.setLevel(level)
+    from mediar3d.evaluate import evaluate_frame
+    from mediar3d.reconstruct import masks_from_flows_2d
+
+    pred = masks_from_flows_2d(output[:2] / FLOW_SCALE, expit(output[2]), diameter_px=diameter_px)
     return float(evaluate_frame(np.asarray(pred)[None], np.asarray(labels)[None])["ap50"])
 
 
@@ -534,16 +523,6 @@ def _config_dict(config: TrainConfig) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # training loop
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
-    return device
 
 
 @dataclass
@@ -649,7 +628,7 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
 
     config = config or TrainConfig()
     out = Path(out)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     torch.manual_seed(config.seed)
     records, val_records = split_validation(find_volumes(dataset_dirs), find_volumes(val_dirs) if val_dirs else None)
     cache = Path(cache_dir) if cache_dir else None
@@ -739,7 +718,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset_dirs: Sequence[st
     """Per-slice AP@0.5 (after 2D mask reconstruction) of a checkpoint on xy, xz and yz slices of the
     full-3D GT frames of `dataset_dirs`, prepared as for training (isotropic grid, objects rescaled
     to the checkpoint's train_diameter_px). Slices: up to `slices_per_view` evenly spaced slices with
-    objects per view and volume, centre-cropped to at most `size` x `size`.
+    objects per view and volume, centre-cropped to at most `size` x `size` (crops without an object skipped).
 
     Returns {"views": {view: {"slices", "ap50_mean", "ap50_median", "loss"}}, "ap50_mean", "volumes"}.
     """
@@ -747,7 +726,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset_dirs: Sequence[st
 
     from mediar3d.model import load_checkpoint
 
-    dev = pick_device(device)
+    dev = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, dev)
     config = TrainConfig(train_diameter_px=float(meta.get("train_diameter_px") or TrainConfig.train_diameter_px),
                          percentiles=tuple(meta.get("norm_percentiles") or TrainConfig.percentiles),
@@ -755,14 +734,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset_dirs: Sequence[st
     records = find_volumes(dataset_dirs)
     samples, _ = prepare_slices(records, config, None, progress)
     per_view = {v: {"ap": [], "loss": []} for v in VIEWS}
-    for s in tqdm(samples, desc="evaluating slices", disable=not progress):
-        h, w = s.labels.shape
-        top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-        win = np.s_[top:top + size, left:left + size]
-        row = validate(model, [SliceSample(s.view, s.image[win], s.flows[(slice(None),) + win], s.labels[win])], dev,
-                       config.train_diameter_px)
-        per_view[s.view]["ap"].append(row[f"val_ap50_{s.view}"])
-        per_view[s.view]["loss"].append(row["val_loss"])
+    crops = [c for c in (centre_crop(s, size) for s in samples) if c.labels.any()]  # AP needs an object
+    for crop in tqdm(crops, desc="evaluating slices", disable=not progress):
+        row = validate(model, [crop], dev, config.train_diameter_px)
+        per_view[crop.view]["ap"].append(row[f"val_ap50_{crop.view}"])
+        per_view[crop.view]["loss"].append(row["val_loss"])
     views = {v: {"slices": len(d["ap"]), "ap50_mean": float(np.mean(d["ap"])) if d["ap"] else float("nan"),
                  "ap50_median": float(np.median(d["ap"])) if d["ap"] else float("nan"),
                  "loss": float(np.mean(d["loss"])) if d["loss"] else float("nan")} for v, d in per_view.items()}

@@ -172,3 +172,28 @@ def test_init_weights_from_checkpoint(tmp_path):
 def test_config_rejects_non_positive_counts(field):
     with pytest.raises(ValueError, match=">= 1"):
         TrainConfig(**{field: 0})
+
+
+def test_validation_slices_pass_over_crops_without_objects():
+    """An empty centre crop has no AP@0.5 (NaN would poison the epoch's mean): it is skipped."""
+    from mediar3d.train import validation_slices
+
+    def sample(view, with_object):
+        labels = np.zeros((64, 300), np.int32)
+        x = 150 if with_object else 10
+        labels[30:36, x:x + 6] = 1  # the centre crop keeps only x in [22, 278)
+        return SliceSample(view, np.zeros((64, 300), np.float16), np.zeros((2, 64, 300), np.float16), labels)
+
+    samples = [sample(v, k % 2 == 0) for v in ("xy", "xz", "yz") for k in range(4)]
+    chosen = validation_slices(samples, per_view=3, size=256, seed=0)
+    assert len(chosen) == 6 and all(c.labels.any() for c in chosen)
+    assert all(c.labels.shape == (64, 256) for c in chosen)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_train_on_cuda_without_cuda_is_a_clear_error(datasets, tmp_path, capsys):
+    from mediar3d.cli import main
+
+    assert main(["train", "--data", str(datasets[0]), "--out", str(tmp_path / "m.pt"), "--device", "cuda",
+                 "--epochs", "1", "--steps-per-epoch", "1", "--no-progress"]) == 1
+    assert "CUDA is not available" in capsys.readouterr().err

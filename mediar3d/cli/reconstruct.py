@@ -65,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
     original = _original_shape(attrs, args.input, labels_iso.shape)
     labels = labels_iso if tuple(labels_iso.shape) == original else labels_to_original(labels_iso, original)
     n = int(labels.max()) if labels.size else 0
-    if n > np.iinfo(np.uint16).max:
-        raise InputError(args.input, f"{n} objects do not fit a uint16 CTC mask")
     write_mask(args.out, labels)
     log.info("reconstruct (%s): %d objects -> %s", args.method, n, args.out)
     return 0

@@ -335,9 +335,10 @@ def write_mask(path: str | os.PathLike, labels: np.ndarray, voxel_size: Iterable
     """Write a label image as uint16 TIFF (the CTC result format), atomically."""
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got {labels.dtype}")
+        raise InputError(path, f"labels must be integers, got {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
-        raise ValueError(f"{path}: label ids must lie in 0..65535 for CTC uint16 masks (max {labels.max()})")
+        raise InputError(path, f"label ids must lie in 0..65535 for CTC uint16 masks (max {labels.max()}: "
+                               "too many objects for one CTC mask)")
     kwargs: dict = {"photometric": "minisblack"}
     if voxel_size is not None and labels.ndim == 3:
         sz, sy, sx = check_voxel_size(voxel_size, path)
