@@ -11,8 +11,6 @@ timepoints side by side, and writes bench/results/bench_dag.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import shutil
 import subprocess
@@ -21,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchutil import best_of, header, write_report  # noqa: E402  (bench/ is the script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "out" / "dag"
@@ -83,24 +82,11 @@ def bench(n: int, repeats: int) -> dict:
     base = [*snakemake_cmd(), "--configfile", str(config)]
     info = work / f"out_{name}" / name / "info.json"
     info_s, _ = run([*base, "--cores", "1", str(info)], work)
-    times, jobs = [], 0
-    for _ in range(repeats):
-        elapsed, output = run([*base, "-n", "--quiet", "rules"], work)
-        times.append(elapsed)
-        jobs = job_count(output)
-    return {"timepoints": n, "jobs": jobs, "make_s": make_s, "info_s": info_s,
-            "dry_run_s": min(times), "dry_run_all": times}
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    mem = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), "?") if Path("/proc/meminfo").exists() else "?"
-    mem_gb = f"{int(mem) / 1024 ** 2:.1f} GB" if mem != "?" else "?"
-    import snakemake
-
-    return f"nproc {os.cpu_count()}, {cpu}, RAM {mem_gb}, Python {platform.python_version()}, snakemake {snakemake.__version__}"
+    times: list[float] = []
+    dry_run_s, output = best_of(lambda: run([*base, "-n", "--quiet", "rules"], work)[1], repeats, warmup=False,
+                                times=times)
+    return {"timepoints": n, "jobs": job_count(output), "make_s": make_s, "info_s": info_s,
+            "dry_run_s": dry_run_s, "dry_run_all": times}
 
 
 def main() -> int:
@@ -110,14 +96,10 @@ def main() -> int:
     args = parser.parse_args()
     rows = [bench(n, args.repeats) for n in args.timepoints]
     small, large = rows[0], rows[-1]
+    import snakemake
+
     lines = [
-        "# bench_dag: dry-run DAG build time for long time series",
-        "",
-        f"Command: `.venv/bin/python bench/bench_dag.py --timepoints {' '.join(map(str, args.timepoints))} "
-        f"--repeats {args.repeats}`",
-        "",
-        f"Machine: {machine()}",
-        "",
+        *header("bench_dag: dry-run DAG build time for long time series", f", snakemake {snakemake.__version__}"),
         "One CTC sequence, every frame with full-3D SEG GT (so each timepoint has resample, infer, fuse,",
         "reconstruct and evaluate jobs). `info` (the checkpoint) ran once for real; the time is the best",
         f"of {args.repeats} runs of `snakemake -n --quiet rules` (whole process: start-up, parsing, DAG).",
@@ -138,11 +120,8 @@ def main() -> int:
         "",
         f"Floor: {FLOOR_TIMEPOINTS} timepoints < {FLOOR_S:.0f} s -> {large['dry_run_s']:.2f} s for "
         f"{large['timepoints']} timepoints: **{verdict}**",
-        "",
     ]
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(RESULT, lines)
     return 0 if verdict == "PASS" else 1
 
 

@@ -14,8 +14,6 @@ the prediction is a perturbed copy (1-voxel shift, 5% of cells split, 5% merged 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mediar3d.evaluate import evaluate_frame, seg_score  # noqa: E402
+from benchutil import best_of, header, write_report  # noqa: E402  (bench/ is the script's folder)
 
 
 def packed_cells(shape, grid, seed=0) -> np.ndarray:
@@ -97,22 +96,6 @@ def ctcmetrics_seg(pred: np.ndarray, gt: np.ndarray, tmp: Path) -> tuple[float, 
     return value, time.perf_counter() - t0, t_read
 
 
-def machine() -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
-    return (f"nproc={os.cpu_count()}, CPU: {cpu}, RAM: {int(mem) / 2**20:.1f} GiB, "
-            f"Python {platform.python_version()}, numpy {np.__version__}")
-
-
-def best_of(fn, repeat: int):
-    times, value = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - t0)
-    return value, min(times)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[128, 512, 512])
@@ -128,10 +111,10 @@ def main(argv=None) -> int:
     print(f"data: {tuple(args.shape)}, {n_gt} GT / {n_pred} predicted objects "
           f"(made in {time.perf_counter() - t0:.1f} s)")
 
-    metrics, t_frame = best_of(lambda: evaluate_frame(pred, gt), args.repeat)
-    ours_seg, t_seg = best_of(lambda: seg_score(pred, gt), args.repeat)
+    t_frame, metrics = best_of(lambda: evaluate_frame(pred, gt), args.repeat, warmup=False)
+    t_seg, ours_seg = best_of(lambda: seg_score(pred, gt), args.repeat, warmup=False)
     with tempfile.TemporaryDirectory() as tmp:
-        theirs = [ctcmetrics_seg(pred, gt, Path(tmp)) for _ in range(max(1, args.repeat - 1))]
+        theirs = [ctcmetrics_seg(pred, gt, Path(tmp)) for _ in range(args.repeat)]
     their_seg, t_ctc, t_read = theirs[0][0], min(r[1] for r in theirs), min(r[2] for r in theirs)
 
     rows = [
@@ -141,12 +124,8 @@ def main(argv=None) -> int:
         ("(reading the 2 uncompressed TIFFs alone, for reference)", t_read),
     ]
     agree = abs(ours_seg - their_seg) < 1e-6
-    cmd = "cd " + str(ROOT) + " && .venv/bin/python bench/bench_evaluate.py " + " ".join(
-        ["--shape", *map(str, args.shape), "--grid", *map(str, args.grid), "--repeat", str(args.repeat)])
     lines = [
-        "# bench_evaluate: evaluation time of one 3D frame", "",
-        f"Command: `{cmd}`", "",
-        f"Machine: {machine()}", "",
+        *header("bench_evaluate: evaluation time of one 3D frame", f", numpy {np.__version__}"),
         f"Data: labels {tuple(args.shape)} uint16, {n_gt} GT objects, {n_pred} predicted objects "
         "(packed cells; prediction shifted by 1 voxel with 5% splits, 5% merges, 3% missing, "
         "30 false positives). Best of the repeats.", "",
@@ -156,12 +135,9 @@ def main(argv=None) -> int:
         "evaluate_frame metrics: " + ", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), "",
         f"Floor from issue 6: evaluate_frame < 5 s -> {'PASS' if t_frame < 5 else 'FAIL'} "
-        f"({t_frame:.2f} s); speed-up of seg_score over py-ctcmetrics: {t_ctc / t_seg:.1f}x", "",
+        f"({t_frame:.2f} s); speed-up of seg_score over py-ctcmetrics: {t_ctc / t_seg:.1f}x",
     ]
-    text = "\n".join(lines)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_report(args.out, lines)
     return 0 if agree and t_frame < 5 else 1
 
 

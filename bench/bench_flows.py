@@ -16,27 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from benchutil import machine, write_report  # noqa: E402  (bench/ is the script's folder)
+from benchutil import best_of, header, write_report  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULT = ROOT / "bench" / "results" / "bench_flows.md"
 FLOOR_S = 0.2  # issue 3: targets of a 512x512 slice with 300 objects in < 0.2 s
-
-
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    out = fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def mean_angle_deg(a: np.ndarray, b: np.ndarray, inside: np.ndarray) -> float:
@@ -75,15 +64,8 @@ def main() -> int:
     theirs = np.asarray(theirs[0] if isinstance(theirs, tuple) else theirs)
     angle = mean_angle_deg(np.asarray(ours), theirs[-2:], labels > 0)
 
-    command = (f"cd {ROOT} && .venv/bin/python bench/bench_flows.py --size {args.size} --spacing {args.spacing} "
-               f"--repeat {args.repeat} --threads {args.threads}")
     lines = [
-        "# bench_flows: Cellpose flow targets of a 2D label slice, mediar3d vs Cellpose",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {machine()}",
-        "",
+        *header("bench_flows: Cellpose flow targets of a 2D label slice, mediar3d vs Cellpose"),
         f"Load average (1 min) when the run started: {load_before:.2f}; best of {args.repeat} after a warm-up, "
         f"{args.threads} threads.",
         "",

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
+from benchutil import header, peak_rss_mib, write_report  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "bench_infer.md"
@@ -64,7 +62,7 @@ def time_mediar3d(shape, threads: int, workdir: Path) -> dict:
 
     from mediar3d.infer import predict_views
     from mediar3d.io import store
-    from mediar3d.model import build_model
+    from mediar3d.model import build_model, count_parameters
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -75,7 +73,7 @@ def time_mediar3d(shape, threads: int, workdir: Path) -> dict:
     predict_views(workdir / "iso.zarr", model, workdir / "views.zarr", device="cpu", progress=False)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "voxels_per_s": float(np.prod(shape)) / seconds,
-            "slices": int(sum(shape)), "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+            "slices": int(sum(shape)), "params_M": count_parameters(model) / 1e6}
 
 
 def cellpose_random_model(threads: int):
@@ -100,6 +98,7 @@ def time_cellpose(shape, threads: int) -> dict:
     model.eval(vol, z_axis=0, channel_axis=None, do_3D=True, compute_masks=False, batch_size=8)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "voxels_per_s": float(np.prod(shape)) / seconds, "slices": int(sum(shape)),
+            # all parameters, the frozen ones (e.g. W2) included: count_parameters counts only trainable ones
             "params_M": sum(p.numel() for p in model.net.parameters()) / 1e6}
 
 
@@ -121,8 +120,7 @@ def memory_child(shape, threads: int) -> dict:
         start = time.perf_counter()
         predict_views(Path(tmp) / "iso.zarr", model, Path(tmp) / "views.zarr", device="cpu", progress=False)
         seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"shape": list(shape), "peak_mib": peak_kib / 1024.0, "seconds": seconds,
+    return {"shape": list(shape), "peak_mib": peak_rss_mib(), "seconds": seconds,
             "voxels_per_s": float(np.prod(shape)) / seconds}
 
 
@@ -136,21 +134,22 @@ def measure_memory(shape, threads: int) -> dict:
 # report
 
 
+def seconds_per_tile(cellpose: dict) -> float:
+    """Measured Cellpose seconds per slice: one 256x256 CP-SAM tile per slice on a small volume."""
+    return cellpose["seconds"] / cellpose["slices"]
 
-def report(args, ours: dict, cellpose: dict, small: dict, large: dict) -> str:
+
+def report(args, ours: dict, cellpose: dict, small: dict, large: dict) -> list[str]:
     import torch
 
     speed_ratio = ours["voxels_per_s"] / cellpose["voxels_per_s"]
     mem_ratio = large["peak_mib"] / small["peak_mib"]
     verdict = "PASS" if mem_ratio <= MEMORY_LIMIT_RATIO else "FAIL"
     shape = "x".join(map(str, args.speed_shape))
-    return "\n".join([
-        "# bench_infer: three-view inference on CPU",
-        "",
-        f"Command: `{' '.join(shlex.quote(a) for a in [sys.executable.replace(str(ROOT) + '/', ''), 'bench/bench_infer.py', *sys.argv[1:]])}`",
-        f"Machine: {machine()}; torch {torch.__version__}, {args.threads} torch threads; "
-        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. The machine was shared with other jobs.",
-        "",
+    return [
+        *header("bench_infer: three-view inference on CPU",
+                f"; torch {torch.__version__}, {args.threads} torch threads; "
+                f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. The machine was shared with other jobs."),
         f"## Speed: network pass over every xy, xz and yz slice of a {shape} (z, y, x) volume",
         "",
         "| method | network | params (M) | slices | seconds | voxels/s |",
@@ -163,7 +162,8 @@ def report(args, ours: dict, cellpose: dict, small: dict, large: dict) -> str:
         f"**mediar3d / Cellpose speed ratio: {speed_ratio:.1f}x.** Both run the network on every slice of the three "
         "views; Cellpose pads every slice to its fixed 256x256 tile (CP-SAM only supports bsize 256), so on a volume "
         "this small its cost is one ViT-L tile per slice, while mediar3d pads slices only to a multiple of 32. "
-        "The volume is small because CP-SAM costs ~10 s per 256x256 tile on this 2-core machine.",
+        f"The volume is small because CP-SAM costs ~{seconds_per_tile(cellpose):.1f} s per 256x256 tile on this "
+        f"{os.cpu_count()}-core machine.",
         "",
         "## Peak memory: streamed inference, volume vs. a 4x longer one (fresh process each)",
         "",
@@ -175,8 +175,7 @@ def report(args, ours: dict, cellpose: dict, small: dict, large: dict) -> str:
         f"**Peak ratio larger/smaller: {mem_ratio:.2f} (limit {MEMORY_LIMIT_RATIO}): {verdict}.** "
         "Peak = the process's maximum resident set (torch, model, one slab of slices and its predictions); "
         "the volumes and the three float32 (3, Z, Y, X) views live in zarr on disk.",
-        "",
-    ])
+    ]
 
 
 def main(argv=None) -> int:
@@ -199,12 +198,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
         print(f"speed: mediar3d on {tuple(args.speed_shape)} ...", flush=True)
         ours = time_mediar3d(tuple(args.speed_shape), args.threads, Path(tmp))
-    print(f"  {ours['voxels_per_s']:.0f} voxels/s; Cellpose do_3D (slow: ~10 s per slice) ...", flush=True)
+    print(f"  {ours['voxels_per_s']:.0f} voxels/s; Cellpose do_3D (slow: one CP-SAM tile per slice) ...", flush=True)
     cellpose = time_cellpose(tuple(args.speed_shape), args.threads)
-    text = report(args, ours, cellpose, small, large)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)
+    print(f"  {cellpose['voxels_per_s']:.0f} voxels/s, {seconds_per_tile(cellpose):.1f} s per slice", flush=True)
+    write_report(RESULTS, report(args, ours, cellpose, small, large))
     return 0 if large["peak_mib"] <= MEMORY_LIMIT_RATIO * small["peak_mib"] else 1
 
 

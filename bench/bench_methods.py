@@ -16,9 +16,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
+from benchutil import header, write_report  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mediar3d.evaluate import pooled_seg  # noqa: E402
+
 METHODS = ("mediar3d", "xy-stitch", "classical")
 
 
@@ -33,7 +37,7 @@ def gt_kind_table(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (method, gt), sub in table.groupby([table["method"], kind], sort=False):
         rows.append({"method": method, "gt": gt, "files": len(sub), "n_gt": int(sub["n_gt"].sum()),
-                     "seg_pooled": (sub["seg"] * sub["n_gt"]).sum() / max(1, sub["n_gt"].sum()),
+                     "seg_pooled": pooled_seg(sub["seg"], sub["n_gt"]),
                      "ap50": sub["ap50"].mean(), "ap75": sub["ap75"].mean(),
                      "merges": sub["merges"].mean(), "splits": sub["splits"].mean()})
     return pd.DataFrame(rows).set_index(["method", "gt"])
@@ -64,25 +68,26 @@ def main() -> int:
     table = pd.concat(rows)
     cols = ["seg", "ap50", "ap75", "precision", "recall", "f1", "n_gt", "n_pred", "splits", "merges"]
     summary = table.groupby("method", sort=False)[cols].mean()
-    weighted = (table["seg"] * table["n_gt"]).groupby(table["method"], sort=False).sum()
-    summary["seg_pooled"] = weighted / table.groupby("method", sort=False)["n_gt"].sum()
+    summary["seg_pooled"] = pd.Series({method: pooled_seg(sub["seg"], sub["n_gt"])
+                                       for method, sub in table.groupby("method", sort=False)})
     summary["seconds"] = pd.Series(times)
     summary["seg_vs_xy_stitch"] = summary["seg"] / summary.loc["xy-stitch", "seg"]
     by_gt = gt_kind_table(table)
-    text = (f"# bench_methods: mediar3d vs xy-stitch vs classical\n\n"
-            f"Command: `.venv/bin/python bench/bench_methods.py --shape {' '.join(map(str, args.shape))} "
-            f"--frames {args.frames} --seed {args.seed}`\n\nMachine: {machine()}. Model: "
-            f"`{args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model}`. Data: synthetic "
-            f"`zebrafish`, seed {args.seed} (held out from training), anisotropy 4, shape {tuple(args.shape)}, "
-            f"{args.frames} frames (full 3D GT on even frames, single-slice GT on odd ones); means over GT files, "
-            f"seg_pooled = SEG over all GT objects of all files (as the CTC pools it); seconds = `mediar3d segment` "
-            f"wall time for all frames.\n\n"
-            + summary.round(4).to_markdown() + "\n\n"
-            "By kind of ground truth: `3D` = the frames with full 3D GT (every object of the volume), `slice` = "
-            "the frames with single-slice GT (some xy slices); SEG pooled over the GT objects of each kind.\n\n"
-            + by_gt.round(4).to_markdown() + "\n")
-    args.out.write_text(text)
-    print(text)
+    model = args.model.relative_to(ROOT) if args.model.is_relative_to(ROOT) else args.model
+    lines = [
+        *header("bench_methods: mediar3d vs xy-stitch vs classical",
+                f". Model: `{model}`. Data: synthetic `zebrafish`, seed {args.seed} (held out from training), "
+                f"anisotropy 4, shape {tuple(args.shape)}, {args.frames} frames (full 3D GT on even frames, "
+                "single-slice GT on odd ones); means over GT files, seg_pooled = SEG over all GT objects of all "
+                "files (as the CTC pools it); seconds = `mediar3d segment` wall time for all frames."),
+        summary.round(4).to_markdown(),
+        "",
+        "By kind of ground truth: `3D` = the frames with full 3D GT (every object of the volume), `slice` = "
+        "the frames with single-slice GT (some xy slices); SEG pooled over the GT objects of each kind.",
+        "",
+        by_gt.round(4).to_markdown(),
+    ]
+    write_report(args.out, lines)
     return 0
 
 

@@ -6,7 +6,7 @@ The field holds the oracle unit flows of known labels (`mediar3d.flows.labels_to
 `cellpose.dynamics.compute_masks(dP=5*flows, cellprob=logit, do_3D=True)` (Cellpose's defaults:
 niter 200, min_size 15) and through mediar3d (dask blocks, 1 and 2 workers; and the one-block
 in-memory `masks_from_field`). Each method runs in its own subprocess, so its peak RSS
-(ru_maxrss, imports included) is its own; times exclude imports, loading and a warm-up on a small
+(VmHWM, imports included) is its own; times exclude imports, loading and a warm-up on a small
 field (numba / torch start-up). Reported: seconds (best of --repeat), time ratios, AP@0.5 agreement
 of the outputs (`mediar3d.evaluate.evaluate_frame`, Cellpose as reference) and against the labels.
 Writes bench/results/bench_reconstruct.md.
@@ -17,6 +17,7 @@ Writes bench/results/bench_reconstruct.md.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchutil import machine, write_report  # noqa: E402  (bench/ is the script's folder)
+from benchutil import best_of, header, peak_rss_mib, write_report  # noqa: E402  (bench/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,18 +81,21 @@ def make_field(shape) -> Path:
 # one method in a subprocess
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM; unlike ru_maxrss it does not carry the parent's
-    peak across fork + exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def best_wall_cpu(fn, repeat: int) -> tuple[object, tuple[float, float]]:
+    """(value, (wall s, CPU s)) of the fastest of `repeat` calls of `fn` (no warm-up here: the
+    callers warm up on a small field)."""
+    def with_cpu():
+        c0 = _cpu_seconds()
+        value = fn()
+        return value, _cpu_seconds() - c0
+
+    wall, (value, cpu) = best_of(with_cpu, repeat, warmup=False)
+    return value, (wall, cpu)
 
 
 def _warm_field() -> np.ndarray:
@@ -107,19 +111,13 @@ def run_cellpose(folder: Path, repeat: int) -> tuple[np.ndarray, float]:
 
     torch.set_num_threads(os.cpu_count() or 1)
 
-    def once(field):
-        dp = 5.0 * field[:3]
-        cellprob = np.where(field[3] > 0.5, LOGIT, -LOGIT).astype(np.float32)
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        masks = compute_masks(dp, cellprob, do_3D=True, min_size=15)
-        return masks, (time.perf_counter() - t0, _cpu_seconds() - c0)
+    def inputs(field):  # not timed
+        return 5.0 * field[:3], np.where(field[3] > 0.5, LOGIT, -LOGIT).astype(np.float32)
 
-    once(_warm_field())
-    field = np.load(folder / "field.npy")
-    best, masks = (np.inf, np.inf), None
-    for _ in range(repeat):
-        masks, seconds = once(field)
-        best = min(best, seconds)
+    compute_masks(*inputs(_warm_field()), do_3D=True, min_size=15)
+    field = np.load(folder / "field.npy")  # kept alive during the timed calls, as the memory figure assumes
+    dp, cellprob = inputs(field)
+    masks, best = best_wall_cpu(lambda: compute_masks(dp, cellprob, do_3D=True, min_size=15), repeat)
     return np.asarray(masks), best
 
 
@@ -134,20 +132,13 @@ def run_mediar3d(folder: Path, repeat: int, mode: str, workers: int) -> tuple[np
     zarr.config.set({"threading.max_workers": workers})  # chunk decoding threads
 
     def once(field):
-        t0, c0 = time.perf_counter(), _cpu_seconds()
         if mode == "single":
-            masks = masks_from_field(np.asarray(field), diameter_px=DIAMETER)
-        else:
-            masks = masks_from_field_dask(field, block=BLOCK, workers=workers, diameter_px=DIAMETER)
-        return masks, (time.perf_counter() - t0, _cpu_seconds() - c0)
+            return masks_from_field(np.asarray(field), diameter_px=DIAMETER)
+        return masks_from_field_dask(field, block=BLOCK, workers=workers, diameter_px=DIAMETER)
 
     once(_warm_field())
     field = np.load(folder / "field.npy") if mode == "single" else store.open_array(folder / "field.zarr")
-    best, masks = (np.inf, np.inf), None
-    for _ in range(repeat):
-        masks, seconds = once(field)
-        best = min(best, seconds)
-    return masks, best
+    return best_wall_cpu(lambda: once(field), repeat)
 
 
 def task_cpu_times(folder: Path) -> dict:
@@ -159,8 +150,12 @@ def task_cpu_times(folder: Path) -> dict:
 
     from mediar3d.io import store
     from mediar3d.reconstruct import (_block_task, block_boxes, default_min_size, default_niter, flow_halo,
-                                      labels_from_block_ends)
+                                      labels_from_block_ends, masks_from_field_dask)
 
+    # the defaults masks_from_field_dask runs with (read from its signature, so they cannot drift)
+    defaults = inspect.signature(masks_from_field_dask).parameters
+    step, prob_threshold = defaults["step"].default, defaults["prob_threshold"].default
+    max_size_fraction = defaults["max_size_fraction"].default
     numba.set_num_threads(1)
     zarr.config.set({"threading.max_workers": 1})
     field = store.open_array(folder / "field.zarr")
@@ -169,10 +164,11 @@ def task_cpu_times(folder: Path) -> dict:
     blocks, results = [], []
     for own in block_boxes(shape, BLOCK):
         t0 = _cpu_seconds()
-        results.append(_block_task(field, own, flow_halo(niter), shape, niter, 1.0, 0.5, 1))
+        # threads=1: masks_from_field_dask gives each task one numba thread
+        results.append(_block_task(field, own, flow_halo(niter, step), shape, niter, step, prob_threshold, 1))
         blocks.append(_cpu_seconds() - t0)
     t0 = _cpu_seconds()
-    labels_from_block_ends(results, shape, default_min_size(DIAMETER), 0.4)
+    labels_from_block_ends(results, shape, default_min_size(DIAMETER), max_size_fraction)
     return {"blocks": blocks, "reduce": _cpu_seconds() - t0}
 
 
@@ -192,7 +188,7 @@ def child(args) -> int:
         masks, seconds = run_mediar3d(folder, args.repeat, args.child, args.workers)
     name = f"{args.child}-{args.workers}"
     np.save(folder / f"masks-{name}.npy", masks.astype(np.uint32))
-    result = {"name": name, "seconds": seconds[0], "cpu_seconds": seconds[1], "peak_rss_mb": _peak_rss_mb()}
+    result = {"name": name, "seconds": seconds[0], "cpu_seconds": seconds[1], "peak_rss_mib": peak_rss_mib()}
     if args.child == "dask" and args.workers == 1:
         result["task_cpu"] = task_cpu_times(folder)
     print(json.dumps(result), flush=True)
@@ -209,14 +205,13 @@ def spawn(folder: Path, method: str, workers: int, repeat: int) -> dict:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["masks"] = np.load(folder / f"masks-{result['name']}.npy")
     print(f"{method:9s} workers {workers}: {result['seconds']:.2f} s ({result['cpu_seconds']:.2f} CPU s), "
-          f"peak RSS {result['peak_rss_mb']:.0f} MB",
+          f"peak RSS {result['peak_rss_mib']:.0f} MiB",
           flush=True)
     return result
 
 
 # ---------------------------------------------------------------------------------------------
 # report
-
 
 
 def main() -> int:
@@ -256,7 +251,7 @@ def main() -> int:
         r = runs[key]
         vs_gt = evaluate_frame(r["masks"], labels)
         agree = evaluate_frame(r["masks"], cp["masks"])["ap50"] if key != "cellpose" else 1.0
-        rows.append((label, r["seconds"], r["cpu_seconds"], cp["seconds"] / r["seconds"], r["peak_rss_mb"],
+        rows.append((label, r["seconds"], r["cpu_seconds"], cp["seconds"] / r["seconds"], r["peak_rss_mib"],
                      int(r["masks"].max()), agree, vs_gt["ap50"], vs_gt["seg"]))
     identical = np.array_equal(runs["dask-1"]["masks"], runs["single-2"]["masks"]) and \
         np.array_equal(runs["dask-2"]["masks"], runs["single-2"]["masks"])
@@ -271,18 +266,11 @@ def main() -> int:
         ("AP@0.5 agreement with Cellpose >= 0.98", agree_best >= 0.98, f"{agree_best:.4f}"),
         ("2 workers >= 1.7x faster than 1 worker (measured)", speed_2w >= 1.7,
          f"{speed_2w:.2f}x measured; projected {projected_2w:.2f}x from the tasks' CPU times"),
-        ("peak memory below Cellpose's", best["peak_rss_mb"] < cp["peak_rss_mb"],
-         f"{best['peak_rss_mb']:.0f} MB vs {cp['peak_rss_mb']:.0f} MB"),
+        ("peak memory below Cellpose's", best["peak_rss_mib"] < cp["peak_rss_mib"],
+         f"{best['peak_rss_mib']:.0f} MiB vs {cp['peak_rss_mib']:.0f} MiB"),
     ]
-    command = f"cd {ROOT} && .venv/bin/python bench/bench_reconstruct.py --shape {' '.join(map(str, shape))} " \
-              f"--repeat {args.repeat}"
     lines = [
-        "# bench_reconstruct: 3D masks from a fused flow field, mediar3d vs Cellpose",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {machine()}",
-        "",
+        *header("bench_reconstruct: 3D masks from a fused flow field, mediar3d vs Cellpose"),
         f"Load average (1 min) when the run started: {load_before:.2f}, when it ended: {os.getloadavg()[0]:.2f} "
         f"on {cpus} cores; the machine is shared, so absolute times are noisy and the ratios come from "
         "one run of this script.",
@@ -295,7 +283,7 @@ def main() -> int:
         f"Times exclude imports, loading and a warm-up; best of {args.repeat}. Peak RSS is each "
         "subprocess's VmHWM (imports included); CPU s = user + sys CPU time of the timed call (all threads).",
         "",
-        "| method | wall s | CPU s | speed-up vs Cellpose (wall) | peak RSS MB | objects | AP@0.5 vs Cellpose | AP@0.5 vs labels | SEG vs labels |",
+        "| method | wall s | CPU s | speed-up vs Cellpose (wall) | peak RSS MiB | objects | AP@0.5 vs Cellpose | AP@0.5 vs labels | SEG vs labels |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, sec, cpu, ratio, rss, n, agree, ap, seg in rows:
@@ -305,7 +293,7 @@ def main() -> int:
         f"dask (1 and 2 workers) labels identical to the single-block labels: {identical}",
         "",
         f"2 workers vs 1 worker, measured (wall): {speed_2w:.2f}x. The runs used "
-        f"{cp['cpu_seconds'] / cp['seconds']:.2f} (Cellpose, 2 threads), "
+        f"{cp['cpu_seconds'] / cp['seconds']:.2f} (Cellpose, {cpus} threads), "
         f"{runs['dask-1']['cpu_seconds'] / runs['dask-1']['seconds']:.2f} (1 worker) and "
         f"{best['cpu_seconds'] / best['seconds']:.2f} (2 workers) cores on average (CPU s / wall s). "
         f"Load-independent projection from the CPU time of each map task run alone (blocks "

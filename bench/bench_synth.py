@@ -23,8 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from mediar3d.synthetic import (_new_nucleus, apply_optics, make_dataset, place_centres,  # noqa: E402
                                 render_labels_signal, resolve_preset, synth_sequence)
-from benchutil import machine  # noqa: E402  (bench/ is the script's folder)
-
+from benchutil import header, write_report  # noqa: E402  (bench/ is the script's folder)
 
 
 def timed(fn):
@@ -59,12 +58,8 @@ def main() -> None:
         (f"synth_sequence, {p.frames} frames in memory", t_seq, total),
         (f"make_dataset, {p.frames} frames written (TIFF + GT + tracks)", t_disk, total),
     ]
-    cmd = (f"cd {ROOT} && .venv/bin/python bench/bench_synth.py --preset {args.preset} "
-           f"--frames {args.frames} --seed {args.seed}")
     lines = [
-        "# bench_synth: synthetic dataset generation speed", "",
-        f"Command: `{cmd}`", "",
-        f"Machine: {machine()}", "",
+        *header("bench_synth: synthetic dataset generation speed"),
         f"Preset `{p.name}`: shape {p.shape} (z, y, x), voxel {p.voxel_size} um, anisotropy {p.anisotropy}, "
         f"{p.frames} frames, nuclei per frame {counts}, {n_vox_frame:,} voxels per frame.", "",
         "| stage | seconds | Mvoxels/s | ratio to make_dataset time |", "|---|---:|---:|---:|",
@@ -73,10 +68,7 @@ def main() -> None:
         lines.append(f"| {name} | {sec:.2f} | {vox / sec / 1e6:.2f} | {sec / t_disk:.3f} |")
     lines += ["", f"End to end (`make_dataset`): **{total / t_disk / 1e6:.2f} Mvoxels/s**, "
                   f"{t_disk / p.frames:.2f} s per frame. Single run, machine shared with other jobs."]
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write_report(Path(args.out), lines)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,8 @@ fi
 
 # stage 3: the synthetic presets, several anisotropies, starting from stage 2
 S3="$WORK/presets"
-synth() { # preset seed anisotropy z y x -> prints the dataset folder
+synth() { # preset seed anisotropy z y x -> prints the dataset folder (z at the preset's anisotropy: synth
+          # rescales it to keep the physical depth, e.g. zebrafish 64 at anisotropy 2 -> 128 planes)
   local d="$S3/$1-$2-a$3"
   [ -f "$d/dataset.json" ] || "$PY" -m mediar3d synth --preset "$1" --seed "$2" --anisotropy "$3" \
     --shape "$4" "$5" "$6" --frames 2 --out "$d" >/dev/null

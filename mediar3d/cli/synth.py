@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anisotropy", type=float, default=None,
                         help="z spacing / xy spacing; keeps the physical depth (default: preset's)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
-                        help="volume shape in voxels (default: preset's)")
+                        help="volume shape in voxels, z at the preset's anisotropy (--anisotropy rescales z to keep "
+                        "the physical depth; default: preset's)")
     parser.add_argument("--preview", action="store_true", help="also write preview/tTTT.png (xy + xz slices)")
 
 
