@@ -21,14 +21,12 @@ import numpy as np
 from scipy.special import expit
 
 from mediar3d.errors import InputError
-from mediar3d.resample import slab_bounds
+from mediar3d.resample import SLAB_VOXELS, slab_bounds
 
 log = logging.getLogger(__name__)
 
 #: names of the fused field's channels
 FIELD_CHANNELS: tuple[str, ...] = ("dz", "dy", "dx", "prob")
-#: voxels per z-slab when fusing zarr to zarr
-SLAB_VOXELS = 1 << 22
 
 
 def _check_views(xy, xz, yz) -> tuple[int, int, int]:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from mediar3d.errors import InputError
 from mediar3d.model import FLOW_SCALE, SIZE_MULTIPLE
-from mediar3d.resample import slab_bounds
+from mediar3d.resample import SLAB_VOXELS, slab_bounds
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 VIEW_AXIS: dict[str, int] = {"xy": 0, "xz": 1, "yz": 2}
 VIEW_COMPONENTS: dict[str, tuple[str, str]] = {"xy": ("dy", "dx"), "xz": ("dz", "dx"), "yz": ("dz", "dy")}
 VIEWS: tuple[str, ...] = ("xy", "xz", "yz")
-#: voxels of one input slab streamed through `predict_view`
-SLAB_VOXELS = 1 << 22
 #: Gaussian sigma of the tile importance map, as a fraction of the tile size
 SIGMA_FRACTION = 0.125
 

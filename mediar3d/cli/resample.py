@@ -40,14 +40,11 @@ def model_settings(model_path: Path | None) -> dict:
     settings = {"percentiles": DEFAULT_PERCENTILES, "train_diameter_px": None}
     if model_path is None:
         return settings
-    from mediar3d.model import load_checkpoint
+    from mediar3d.model import read_checkpoint
 
-    _, meta = load_checkpoint(model_path, "cpu")
-    meta = dict(meta or {})
-    for key in ("norm_percentiles", "normalization_percentiles", "percentiles"):
-        if meta.get(key) is not None:
-            settings["percentiles"] = tuple(float(p) for p in meta[key])
-            break
+    meta = dict(read_checkpoint(model_path)["meta"] or {})  # metadata only: no network is built
+    if meta.get("norm_percentiles") is not None:
+        settings["percentiles"] = tuple(float(p) for p in meta["norm_percentiles"])
     if meta.get("train_diameter_px"):
         settings["train_diameter_px"] = float(meta["train_diameter_px"])
     return settings
