@@ -146,15 +146,13 @@ def iso_volume(image: np.ndarray, labels: np.ndarray, voxel_size: Sequence[float
     """Normalized image and labels on the isotropic grid where objects are `train_diameter_px` wide.
 
     Returns (image float32 (Z', Y', X'), labels int32 (Z', Y', X'), iso voxel edge in um)."""
-    from mediar3d.resample import (diameter_from_labels, iso_shape, iso_voxel_size, normalize, percentile_range,
-                                   resample_block, resample_labels, zoom_factors)
+    from mediar3d.resample import (diameter_from_labels, iso_voxel_size, percentile_range, resample_labels,
+                                   resample_to_iso, zoom_factors)
 
     diameter_um = diameter_from_labels(labels, voxel_size)
     zoom = zoom_factors(voxel_size, diameter_um, train_diameter_px)
-    shape = iso_shape(image.shape, zoom)
-    low, high = percentile_range(image, percentiles)
-    iso = resample_block(normalize(image, low, high), shape)
-    lab = resample_labels(labels, shape).astype(np.int32)
+    iso = resample_to_iso(image, zoom, norm_range=percentile_range(image, percentiles))  # as the resample stage
+    lab = resample_labels(labels, iso.shape).astype(np.int32)
     return iso, lab, iso_voxel_size(voxel_size, diameter_um, train_diameter_px)
 
 
