@@ -39,6 +39,7 @@ from typing import Sequence
 
 import numba
 import numpy as np
+import zarr
 from scipy.special import expit
 
 from mediar3d.config import METHODS
@@ -52,6 +53,11 @@ CONVERGED_MOVE = 1.0
 SEED_COUNT = 10
 GROW_ITERS = 6
 DEFAULT_BLOCK = (128, 256, 256)
+#: map tasks per block and worker with the threaded scheduler (`BlockReader` parts): more, shorter
+#: tasks leave less idle time at the end
+PARTS_PER_WORKER = 2
+#: piece length of block reads along an unchunked (numpy) field's split axis
+CHUNK_PIECE = 64
 
 
 @dataclass
@@ -650,44 +656,148 @@ def block_boxes(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice,
     return [(z, y, x) for z in ranges[0] for y in ranges[1] for x in ranges[2]]
 
 
+def _read_into(field, box: tuple[slice, ...], out: np.ndarray) -> np.ndarray:
+    """Copy field[:, box] into `out` (4, z, y, x) float32 without a temporary where the source
+    allows it (zarr float32 decodes straight into `out`, numpy copies from a view)."""
+    key = (slice(None),) + box
+    if isinstance(field, zarr.Array) and field.dtype == np.float32:
+        from zarr.core.buffer.cpu import NDBuffer
+
+        field.get_basic_selection(key, out=NDBuffer.from_numpy_array(out))
+    else:
+        np.copyto(out, np.asarray(field[key]), casting="same_kind")
+    return out
+
+
 def _read_block(field, box: tuple[slice, ...]) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(field[(slice(None),) + box]), dtype=np.float32)
+    """field[:, box] as a new (4, z, y, x) float32 array."""
+    return _read_into(field, box, np.empty((4,) + tuple(s.stop - s.start for s in box), np.float32))
 
 
 def _haloed_box(own: tuple[slice, ...], halo: int, shape: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(max(0, s.start - halo), min(n, s.stop + halo)) for s, n in zip(own, shape))
 
 
-class BlockReader:
-    """Hands out the blocks of a field in block order: (own box, haloed box, data (4, z, y, x)
-    float32 of the haloed box), read on one background thread `ahead` blocks ahead of the tasks that
-    take them, so that reading and decoding (serial in zarr) overlaps the flow following of the other
-    workers. Holds at most `ahead` blocks besides those the running tasks hold. For dask's threaded
-    scheduler (one process): each map task takes the next block, whichever task runs first."""
+def _longest_axis(box: tuple[slice, ...]) -> int:
+    return int(np.argmax([s.stop - s.start for s in box]))
 
-    def __init__(self, field, owns: Sequence[tuple[slice, ...]], halo: int, shape: Sequence[int], ahead: int = 1):
+
+def split_box(box: tuple[slice, ...], parts: int) -> list[tuple[slice, ...]]:
+    """`box` cut into min(parts, its length) slabs of near-equal thickness along its longest axis."""
+    axis = _longest_axis(box)
+    start, stop = box[axis].start, box[axis].stop
+    edges = np.linspace(start, stop, max(1, min(int(parts), stop - start)) + 1).round().astype(int)
+    return [box[:axis] + (slice(int(a), int(b)),) + box[axis + 1:] for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _chunk_edge(field, axis: int) -> int:
+    """Chunk length of `field` (4, z, y, x) along volume axis `axis` (CHUNK_PIECE for unchunked arrays)."""
+    chunks = getattr(getattr(field, "array", field), "chunks", None)  # zarr / dask (or _Sliced dask)
+    if chunks is None:
+        return CHUNK_PIECE
+    edge = chunks[1 + axis]
+    return int(max(edge)) if isinstance(edge, tuple) else int(edge)
+
+
+def _pieces(box: tuple[slice, ...], axis: int, edge: int) -> list[tuple[slice, ...]]:
+    """`box` cut along `axis` at the multiples of `edge` (chunk boundaries: no chunk is decoded twice)."""
+    start, stop = box[axis].start, box[axis].stop
+    cuts = [start] + list(range((start // edge + 1) * edge, stop, edge)) + [stop]
+    return [box[:axis] + (slice(a, b),) + box[axis + 1:] for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+class BlockReader:
+    """Hands out the blocks of a field in block order as map-task inputs for dask's threaded
+    scheduler (one process): `take()` -> (own box, haloed box, data (4, z, y, x) float32 of the haloed
+    box, read index); the task calls `done(read index)` when it no longer needs the data.
+
+    Each block is read once, on one background thread, `ahead` blocks ahead of the tasks (0: read
+    when a task asks, i.e. no overlap), so that reading and decoding (serial in zarr) overlaps the
+    flow following of the other workers. Its own box is handed out in `parts` slabs along its longest
+    axis that share the read data; the read itself is done in chunk-aligned pieces along that axis and
+    a part waits only for the pieces its voxels' paths can reach (its slab +- halo), so the workers
+    start before the first block is read whole and finish close together. Read buffers are reused
+    once every part of their block is done (a fresh 100+ MB array per block costs page faults on
+    every read). Holds at most `ahead` blocks besides those the running tasks use."""
+
+    def __init__(self, field, owns: Sequence[tuple[slice, ...]], halo: int, shape: Sequence[int], ahead: int = 1,
+                 parts: int = 1):
         self._field, self._ahead = field, max(0, int(ahead))
-        self._blocks = [(own, _haloed_box(own, halo, shape)) for own in owns]
+        self._reads = [_haloed_box(own, halo, shape) for own in owns]
+        self._pieces, self._parts = [], []  # per read: piece boxes; per part: (own, read index, pieces needed)
+        for i, own in enumerate(owns):
+            axis = _longest_axis(own)
+            pieces = _pieces(self._reads[i], axis, _chunk_edge(field, axis))
+            self._pieces.append(pieces)
+            for part in split_box(own, parts):
+                lo, hi = part[axis].start - halo, part[axis].stop + halo
+                need = [k for k, p in enumerate(pieces) if p[axis].start < hi and p[axis].stop > lo]
+                self._parts.append((part, i, need))
+        self._left = [sum(1 for _, j, _ in self._parts if j == i) for i in range(len(self._reads))]
+        self._size = max(4 * math.prod(s.stop - s.start for s in box) for box in self._reads)
+        self._free: list[np.ndarray] = []  # flat float32 buffers of self._size
+        self._buffers: dict[int, np.ndarray] = {}  # read index -> its buffer, while in use
+        self._data: dict[int, np.ndarray] = {}  # read index -> (4, z, y, x) view of its buffer
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mediar3d-read")
-        self._pending: list = []
+        self._futures: dict[int, list] = {}  # read index -> piece Futures, until its last part is handed out
+        self._submitted = 0
         self._next = 0
         self._lock = threading.Lock()
+        with self._lock:  # start reading before the first task asks
+            self._submit_through(min(self._ahead, len(self._reads) - 1))
 
-    def take(self) -> tuple[tuple[slice, ...], tuple[slice, ...], np.ndarray]:
-        """(own box, haloed box, data) of the next block not yet taken."""
+    @property
+    def n_tasks(self) -> int:
+        """Number of parts handed out in all (one map task each)."""
+        return len(self._parts)
+
+    def _submit_through(self, last: int) -> None:
+        """Submit the reads up to index `last` not yet submitted (call with the lock held)."""
+        while self._submitted <= last:
+            self._submit(self._submitted)
+            self._submitted += 1
+
+    def _submit(self, i: int) -> None:
+        box = self._reads[i]
+        shape = (4,) + tuple(s.stop - s.start for s in box)
+        buffer = self._free.pop() if self._free else np.empty(self._size, np.float32)
+        self._buffers[i] = buffer
+        self._data[i] = data = buffer[:math.prod(shape)].reshape(shape)
+        origin = [s.start for s in box]
+        self._futures[i] = [
+            self._pool.submit(_read_into, self._field, piece,
+                              data[(slice(None),) + tuple(slice(p.start - o, p.stop - o) for p, o in zip(piece, origin))])
+            for piece in self._pieces[i]]
+
+    def take(self) -> tuple[tuple[slice, ...], tuple[slice, ...], np.ndarray, int]:
+        """(own box of the part, haloed box of its block, block data, read index) of the next part; the
+        data is complete wherever the part's flow paths can go."""
         with self._lock:
-            while len(self._pending) < 1 + self._ahead and self._next < len(self._blocks):
-                own, box = self._blocks[self._next]
-                self._pending.append((own, box, self._pool.submit(_read_block, self._field, box)))
-                self._next += 1
-            if not self._pending:
+            if self._next >= len(self._parts):
                 raise RuntimeError("every block has been taken already")
-            own, box, future = self._pending.pop(0)
-        return own, box, future.result()
+            own, i, need = self._parts[self._next]
+            self._next += 1
+            self._submit_through(min(i + self._ahead, len(self._reads) - 1))
+            last_part = self._next == len(self._parts) or self._parts[self._next][1] != i
+            futures = self._futures.pop(i) if last_part else self._futures[i]
+            data = self._data.pop(i) if last_part else self._data[i]
+        for k in need:
+            futures[k].result()
+        return own, self._reads[i], data, i
+
+    def done(self, i: int) -> None:
+        """A task is finished with the data of read `i`; the buffer is reused after its last part."""
+        with self._lock:
+            self._left[i] -= 1
+            if self._left[i] == 0:
+                self._free.append(self._buffers.pop(i))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pending.clear()
+        self._futures.clear()
+        self._buffers.clear()
+        self._data.clear()
+        self._free.clear()
 
 
 class _Sliced:
@@ -704,13 +814,16 @@ class _Sliced:
 
 def _block_task(field, own, halo, shape, niter, step, prob_threshold, threads):
     """Map task: BlockEnds of block `own` (read here with its halo), or, when `field` is a
-    BlockReader (`own` None), of the next block the reader hands out."""
-    if isinstance(field, BlockReader):
-        own, box, data = field.take()
-    else:
+    BlockReader (`own` None), of the next block part the reader hands out."""
+    if not isinstance(field, BlockReader):
         box = _haloed_box(own, halo, shape)
-        data = _read_block(field, box)
-    return block_end_points(data, tuple(b.start for b in box), own, shape, niter, step, prob_threshold, threads)
+        return block_end_points(_read_block(field, box), tuple(b.start for b in box), own, shape, niter, step,
+                                prob_threshold, threads)
+    own, box, data, index = field.take()
+    try:
+        return block_end_points(data, tuple(b.start for b in box), own, shape, niter, step, prob_threshold, threads)
+    finally:
+        field.done(index)
 
 
 def _compute(tasks, scheduler, workers):
@@ -737,9 +850,10 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
 
     halo: voxels read around each block (default and minimum: flow_halo(niter, step)). scheduler:
     None / "threads" (dask threads, `workers` of them, default all cores), "sync", a
-    dask.distributed Client or a scheduler address. Each task uses one numba thread; with threads
-    and workers > 1 a reader thread reads the blocks one ahead (`BlockReader`); the labels do not
-    depend on which task followed which block. out: optional
+    dask.distributed Client or a scheduler address. Each task uses one numba thread; with threads a
+    reader thread reads the blocks (one ahead when workers > 1) and each block is followed by
+    `workers` tasks, one slab of it each (`BlockReader`); the labels do not depend on which task
+    followed which voxels. out: optional
     zarr array (Z, Y, X) the labels are also written to."""
     shape = _check_field(field)
     niter, min_size = _resolve(diameter_px, niter, min_size, 3 if shape[0] > 1 else 2)
@@ -755,16 +869,17 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
 
     boxes = block_boxes(shape, block)
     threaded = scheduler is None or scheduler in ("threads", "threading")
-    reader = BlockReader(field, boxes, halo, shape) if threaded and workers > 1 else None
+    reader = BlockReader(field, boxes, halo, shape, ahead=int(workers > 1),
+                         parts=PARTS_PER_WORKER * workers) if threaded else None
     run = uuid.uuid4().hex
     if reader is None and dask.is_dask_collection(field):
         field = _Sliced(field)
     source = dask.delayed(reader or field, name=f"reconstruct-field-{run}", traverse=False)
-    tasks = [dask.delayed(_block_task)(source, None if reader else own, halo, shape, niter, step, prob_threshold, 1,
+    tasks = [dask.delayed(_block_task)(source, own, halo, shape, niter, step, prob_threshold, 1,
                                        dask_key_name=f"reconstruct-block-{run}-{i:06d}")
-             for i, own in enumerate(boxes)]
+             for i, own in enumerate([None] * reader.n_tasks if reader else boxes)]
     log.info("reconstruct: %d blocks of %s, halo %d, %d workers%s", len(boxes), block, halo, workers,
-             ", blocks read ahead on a reader thread" if reader else "")
+             f", blocks read on a reader thread ({int(workers > 1)} ahead), {PARTS_PER_WORKER * workers} tasks per block" if reader else "")
     try:
         results = _compute(tasks, scheduler, workers)
     finally:

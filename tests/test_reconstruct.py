@@ -8,12 +8,15 @@ from mediar3d.errors import InputError
 from mediar3d.evaluate import evaluate_frame, seg_score
 from mediar3d.flows import labels_to_flows_2d, labels_to_flows_3d
 from mediar3d.reconstruct import (
+    BlockReader,
     block_boxes,
+    default_niter,
     flow_halo,
     masks_from_field,
     masks_from_field_dask,
     masks_from_flows_2d,
     relabel_by_first_voxel,
+    split_box,
     stitch_slices,
     xy_stitch_from_views,
 )
@@ -77,13 +80,80 @@ def test_dask_blocks_equal_single_block(spheres, single, workers):
     assert np.array_equal(blocked, single)
 
 
-def test_dask_on_zarr_with_output_array(spheres, single, tmp_path):
+def test_split_box_tiles_the_box_along_its_longest_axis():
+    box = (slice(10, 40), slice(0, 100), slice(5, 60))
+    parts = split_box(box, 3)
+    assert [p[1] for p in parts] == [slice(0, 33), slice(33, 67), slice(67, 100)]
+    assert all(p[0] == box[0] and p[2] == box[2] for p in parts)
+    assert len(split_box((slice(0, 2), slice(0, 2), slice(0, 1)), 5)) == 2  # never an empty slab
+
+
+def test_block_reader_reads_each_block_once_in_parts_and_reuses_buffers(spheres):
+    field = spheres[1]
+    owns = block_boxes(SHAPE, (24, 48, 48))
+    halo = 6
+    reader = BlockReader(field, owns, halo, SHAPE, ahead=0, parts=3)
+    try:
+        assert reader.n_tasks == 3 * len(owns)
+        covered = np.zeros(SHAPE, np.int32)
+        buffers = []
+        for _ in range(reader.n_tasks):
+            own, box, data, index = reader.take()
+            covered[own] += 1
+            assert all(b.start <= o.start and o.stop <= b.stop for o, b in zip(own, box))
+            assert np.array_equal(data, field[(slice(None),) + box])  # the haloed block, read once for 3 parts
+            buffers.append(data)
+            reader.done(index)
+        assert (covered == 1).all()  # the parts tile the volume exactly
+        # each block's buffer is free again after its 3 parts: with ahead 0 one buffer serves every block
+        assert all(np.shares_memory(b, buffers[0]) for b in buffers)
+        with pytest.raises(RuntimeError, match="taken already"):
+            reader.take()
+    finally:
+        reader.close()
+
+
+def test_block_reader_part_waits_only_for_the_pieces_its_paths_reach(spheres):
+    """The read is split at chunk boundaries along the split axis; the first part starts while
+    pieces beyond its slab + halo are still being read."""
+    import threading
+
+    release = threading.Event()
+    requested = []
+
+    class SlowField:
+        shape, chunks = spheres[1].shape, (4, 16, 16, 16)
+
+        def __getitem__(self, key):
+            requested.append((key[2].start, key[2].stop))
+            if key[2].start >= 48:  # pieces the first part does not need
+                assert release.wait(10)
+            return spheres[1][key]
+
+    reader = BlockReader(SlowField(), [(slice(0, 48), slice(0, 96), slice(0, 96))], 6, SHAPE, ahead=0, parts=3)
+    try:
+        own, box, data, index = reader.take()  # returns although the last pieces are blocked
+        assert own[1] == slice(0, 32) and not release.is_set()
+        assert np.array_equal(data[:, :, :38], spheres[1][:, :, :38])  # y 0:32 + halo 6 is read
+        release.set()
+        for _ in range(reader.n_tasks - 1):
+            reader.take()
+        assert np.array_equal(data, spheres[1])
+        assert sorted(requested) == [(a, a + 16) for a in range(0, 96, 16)]  # chunk-aligned, each once
+    finally:
+        release.set()
+        reader.close()
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_dask_on_zarr_with_output_array(spheres, single, tmp_path, scheduler):
     zarr = pytest.importorskip("zarr")
     src = zarr.open_array(str(tmp_path / "field.zarr"), mode="w", shape=spheres[1].shape,
                           chunks=(4, 16, 32, 32), dtype="float32")
     src[:] = spheres[1]
     out = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=SHAPE, chunks=(16, 32, 32), dtype="uint32")
-    blocked = masks_from_field_dask(src, block=(16, 48, 48), diameter_px=DIAMETER, scheduler="sync", out=out)
+    blocked = masks_from_field_dask(src, block=(16, 48, 48), diameter_px=DIAMETER, scheduler=scheduler, workers=2,
+                                    out=out)
     assert np.array_equal(blocked, single)
     assert np.array_equal(out[:], single)
 
@@ -310,22 +380,24 @@ def test_flow_threshold_drops_masks_whose_flows_disagree():
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
 def test_dask_array_field_is_read_block_by_block(spheres, single, scheduler, monkeypatch):
-    """A dask-array field is sliced per block (never computed whole) and gives the same labels."""
+    """A dask-array field is sliced per block (never computed whole), each haloed block is read once
+    (in pieces with threads), and the labels are the same."""
     import dask.array as da
 
     from mediar3d import reconstruct
 
     shapes = []
-    original = reconstruct._read_block
+    original = reconstruct._read_into
 
-    def spy(field, box):
-        block = original(field, box)
-        shapes.append(block.shape)
-        return block
+    def spy(field, box, out):
+        shapes.append(out.shape)
+        return original(field, box, out)
 
-    monkeypatch.setattr(reconstruct, "_read_block", spy)
+    monkeypatch.setattr(reconstruct, "_read_into", spy)
     field = da.from_array(spheres[1], chunks=(4, 16, 32, 32))
     blocked = masks_from_field_dask(field, block=(24, 48, 48), diameter_px=DIAMETER, scheduler=scheduler, workers=2)
     assert np.array_equal(blocked, single)
-    assert len(shapes) == len(block_boxes(SHAPE, (24, 48, 48)))
+    halo = flow_halo(default_niter(DIAMETER))
+    boxes = [reconstruct._haloed_box(own, halo, SHAPE) for own in block_boxes(SHAPE, (24, 48, 48))]
+    assert sum(np.prod(s) for s in shapes) == sum(4 * np.prod([b.stop - b.start for b in box]) for box in boxes)
     assert all(np.prod(s) < spheres[1].size for s in shapes)
