@@ -25,7 +25,7 @@ import pandas as pd
 
 from mediar3d.errors import InputError
 from mediar3d.evaluate import METRIC_KEYS
-from mediar3d.io.atomic import atomic_path
+from mediar3d.io.atomic import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,5 @@ def write_tables(agg: Aggregate, out_dir: str | os.PathLike) -> dict[str, Path]:
     written = {}
     for name in ["per_timepoint", "per_sequence", "per_dataset", "summary"]:
         path = out_dir / f"{name}.csv"
-        with atomic_path(path) as tmp:
-            getattr(agg, name).to_csv(tmp, index=False)
-        written[name] = path
+        written[name] = write_csv_atomic(getattr(agg, name), path)
     return written

@@ -24,7 +24,7 @@ import pandas as pd
 
 from mediar3d.aggregate import ERRORS, SCORES, Aggregate, metric_columns
 from mediar3d.errors import InputError
-from mediar3d.io.atomic import atomic_path
+from mediar3d.io.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,4 @@ def render_report(
 
 def write_report(path: str | os.PathLike, html_text: str) -> Path:
     """Write the report atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(html_text, encoding="utf-8")
-    return path
+    return write_text_atomic(path, html_text)

@@ -97,6 +97,24 @@ def test_interrupted_store_write_leaves_nothing(tmp_path):
         store.open_array(tmp_path / "f.zarr")
 
 
+def test_atomic_text_and_csv_replace_whole_files_and_leave_no_temporaries(tmp_path):
+    import pandas as pd
+
+    from mediar3d.io.atomic import write_csv_atomic, write_text_atomic
+
+    path = tmp_path / "sub" / "a.txt"
+    write_text_atomic(path, "first run, longer text\n")
+    write_text_atomic(path, "second\n")
+    assert path.read_text() == "second\n"
+    frame = pd.DataFrame({"t": [0, 1], "seg": [0.5, 0.75]})
+    write_csv_atomic(frame, tmp_path / "rows.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "rows.csv"), frame)
+    with pytest.raises(AttributeError):  # a failing writer leaves the old file and no temporary
+        write_csv_atomic(None, tmp_path / "rows.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "rows.csv"), frame)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "rows.csv", "sub"]
+
+
 def test_ome_zarr_input_gets_its_masks_as_labels(tmp_path):
     image, labels = _series(t=2, shape=(4, 20, 24))
     write_ome_zarr(tmp_path / "in.ome.zarr", image, VOXEL)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mediar3d.io.atomic import atomic_path
+from mediar3d.io.atomic import write_csv_atomic
 
 _SHOWN = ["timepoint", "z", "seg", "ap50", "ap75", "ap90", "precision", "recall", "f1",
           "n_gt", "n_pred", "splits", "merges", "missed", "false_positives"]
@@ -29,11 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="mediar3d", help="method name stored in the rows (default: mediar3d)")
     parser.add_argument("--dataset", help="dataset name stored in the rows (default: parent folder of GT_DIR)")
     parser.add_argument("--sequence", help="sequence name stored in the rows (default: GT_DIR without _GT)")
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
 
 
 def _count_format(value) -> str:
@@ -62,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
                                     dataset=args.dataset, sequence=args.sequence)
     print(summary_text(rows))
     if args.out is not None:
-        _write_csv(rows, args.out)
+        write_csv_atomic(rows, args.out)
         print(f"rows: {args.out}")
     if args.objects is not None:
-        _write_csv(objects, args.objects)
+        write_csv_atomic(objects, args.objects)
         print(f"objects: {args.objects}")
     return 0

@@ -38,10 +38,9 @@ def describe(path: Path, on_gap: str = "error") -> dict:
 def run(args: argparse.Namespace) -> int:
     info = describe(args.path, args.on_missing_frame)
     if args.json:
-        from mediar3d.io.atomic import atomic_path
+        from mediar3d.io.atomic import write_text_atomic
 
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(info, indent=1))
+        write_text_atomic(args.json, json.dumps(info, indent=1))
     print(f"{info['kind']}: {info['root']}")
     for name, seq in info["sequences"].items():
         tps = seq["timepoints"]

@@ -12,13 +12,10 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from mediar3d.config import METHODS
 from mediar3d.errors import InputError
 
 log = logging.getLogger(__name__)
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

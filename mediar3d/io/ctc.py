@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 
 from mediar3d.errors import InputError
-from mediar3d.io.atomic import atomic_path
+from mediar3d.io.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -354,9 +354,7 @@ def write_tracks(path: str | os.PathLike, rows: Iterable[Seq[int]]) -> Path:
     for line in lines:
         if len(line.split()) != 4:
             raise ValueError(f"track rows need 4 values (L B E P), got {line!r}")
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text("".join(line + "\n" for line in lines))
-    return Path(path)
+    return write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def read_tracks(path: str | os.PathLike) -> np.ndarray:
