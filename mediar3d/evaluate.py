@@ -20,15 +20,16 @@ sizes are then areas in pixels. A ratio 0/0 (e.g. precision with no predicted ob
 Everything is computed from one sparse overlap table built in a single vectorized pass over the
 voxels (`overlap_table`); no loop runs over pairs of objects.
 
-The CTC folder helpers at the end (`gt_frames`, `result_masks`, `read_label_image`) keep all of
-this module's file-name parsing in one place; they use the patterns and readers of `mediar3d.io.ctc`.
+The CTC folder helpers at the end (`gt_frames`, `read_label_image`) keep this module's GT file-name
+parsing in one place; they and `result_masks` (RES folders) come from the patterns and readers of
+`mediar3d.io.ctc`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fastremap
@@ -39,7 +40,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from mediar3d.errors import InputError
-from mediar3d.io.ctc import GT_FULL_RE, GT_SLICE_RE, MASK_RE, read_labels
+from mediar3d.io.ctc import GT_FULL_RE, GT_SLICE_RE, read_labels, result_masks
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class OverlapTable:
     gt_sizes (G,), pred_sizes (P,): object sizes in voxels (pixels for 2D).
     gt_index (K,), pred_index (K,): for each overlapping pair, indices into gt_ids / pred_ids.
     intersection (K,): voxels shared by the pair (> 0).
+    The one-to-one matchings `match_objects` computes are kept with the table (metrics and the object
+    table of a frame need the same IoU 0.5 matching).
     """
 
     gt_ids: np.ndarray
@@ -75,6 +78,7 @@ class OverlapTable:
     gt_index: np.ndarray
     pred_index: np.ndarray
     intersection: np.ndarray
+    matchings: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_gt(self) -> int:
@@ -248,8 +252,16 @@ def match_objects(table: OverlapTable, iou_threshold: float = 0.5) -> tuple[np.n
     bipartite graph; pairs that are alone in their connected component are matched directly and
     `scipy.optimize.linear_sum_assignment` solves each remaining component.
 
-    Returns (gt_index, pred_index, iou) of the matched pairs, each (M,), sorted by gt_index.
+    Returns (gt_index, pred_index, iou) of the matched pairs, each (M,), sorted by gt_index (kept in
+    `table.matchings`; do not modify them).
     """
+    key = float(iou_threshold)
+    if key not in table.matchings:
+        table.matchings[key] = _optimal_matching(table, key)
+    return table.matchings[key]
+
+
+def _optimal_matching(table: OverlapTable, iou_threshold: float) -> tuple[np.ndarray, ...]:
     iou = table.iou
     keep = iou >= iou_threshold
     gi, pi, w = table.gt_index[keep], table.pred_index[keep], iou[keep]
@@ -430,19 +442,6 @@ def gt_frames(gt_dir: str | os.PathLike) -> list[GTFrame]:
     if not frames:
         raise InputError(seg_dir, "no CTC segmentation GT files (man_segTTT.tif / man_seg_TTT_ZZZ.tif)")
     return sorted(frames, key=lambda f: (f.t, -1 if f.z is None else f.z))
-
-
-def result_masks(res_dir: str | os.PathLike) -> dict[int, Path]:
-    """timepoint -> mask file of a CTC RES folder (maskTTT.tif, 3 or 4 digits)."""
-    res_dir = Path(res_dir)
-    if not res_dir.is_dir():
-        raise InputError(res_dir, "result folder does not exist")
-    found = {}
-    for path in res_dir.iterdir():
-        m = MASK_RE.match(path.name)
-        if m:
-            found[int(m.group(1))] = path
-    return found
 
 
 def read_label_image(path: str | os.PathLike, ndim: int = 3) -> np.ndarray:

@@ -24,7 +24,8 @@ import fastremap
 import numpy as np
 
 from mediar3d.errors import InputError
-from mediar3d.evaluate import overlap_table, result_masks
+from mediar3d.evaluate import overlap_table
+from mediar3d.io.ctc import result_masks
 from mediar3d.io.ctc import read_labels, read_voxel_size, write_mask, write_tracks
 
 log = logging.getLogger(__name__)

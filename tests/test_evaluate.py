@@ -411,3 +411,18 @@ def test_classical_baseline_end_to_end_on_real_data(tmp_path, capsys, bbbc050):
     capsys.readouterr()
     assert main(["aggregate", "--metrics", str(csv), "--out", str(tmp_path / "agg")]) == 0
     assert "report:" in capsys.readouterr().out and (tmp_path / "agg" / "report.html").is_file()
+
+
+def test_frame_objects_match_once_and_agree_with_the_metrics(monkeypatch):
+    from mediar3d import evaluate
+
+    gt = np.zeros((1, 20, 20), np.uint16)
+    gt[0, 2:8, 2:8], gt[0, 10:16, 10:16] = 1, 2
+    pred = gt.copy()
+    pred[0, 10:16, 10:13] = 0  # object 2 half predicted: IoU 0.5
+    calls = []
+    original = evaluate._optimal_matching
+    monkeypatch.setattr(evaluate, "_optimal_matching", lambda t, thr: calls.append(thr) or original(t, thr))
+    metrics, objects = evaluate.evaluate_frame_objects(pred, gt)
+    assert calls.count(0.5) == 1  # the metrics and the object table share one IoU 0.5 matching
+    assert metrics["tp"] == int(objects["matched"].sum()) == 2

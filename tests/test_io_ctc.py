@@ -183,3 +183,17 @@ def test_real_bbbc050_dataset_is_discovered(bbbc050):
     gt = ctc.read_labels(seq.gt_full[1], 3, frame.shape)
     assert len(np.unique(gt)) - 1 == 16
     assert ctc.dataset_voxel_size(seq.frames[0]) == (1.75, 0.8, 0.8)
+
+
+def test_result_masks_finds_3_and_4_digit_masks_and_rejects_two_for_one_frame(tmp_path):
+    labels = np.zeros((2, 4, 4), np.uint16)
+    for name in ["mask000.tif", "mask0001.tiff", "mask002.tif"]:
+        ctc.write_mask(tmp_path / name, labels)
+    (tmp_path / "notes.txt").write_text("not a mask")
+    assert {t: p.name for t, p in ctc.result_masks(tmp_path).items()} == {
+        0: "mask000.tif", 1: "mask0001.tiff", 2: "mask002.tif"}
+    ctc.write_mask(tmp_path / "mask0002.tif", labels)
+    with pytest.raises(InputError, match="two masks for timepoint 2: mask0002.tif and mask002.tif"):
+        ctc.result_masks(tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        ctc.result_masks(tmp_path / "missing")

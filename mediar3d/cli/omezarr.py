@@ -55,7 +55,7 @@ def sequence_to_ome_zarr(seq_dir: Path, out: Path, res_dir: Path | None = None,
 
 def _result_masks(res_dir: Path, n_frames: int) -> list[Path]:
     """maskTTT.tif of frames 0..n_frames-1 (any digit count); a missing one is an error."""
-    found = {int(m.group(1)): p for p in res_dir.glob("mask*.tif") if (m := ctc.MASK_RE.match(p.name))}
+    found = ctc.result_masks(res_dir)
     missing = sorted(set(range(n_frames)) - set(found))
     if missing:
         raise InputError(res_dir, f"result masks missing for frames {missing[:5]}")

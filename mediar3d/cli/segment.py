@@ -138,7 +138,7 @@ def _check_frames(frames: Sequence[int] | None) -> None:
 
 def _check_no_other_masks(out: Path, names: set[str]) -> None:
     """Refuse an output folder holding masks of other frames: res_track.txt would not describe them."""
-    from mediar3d.evaluate import result_masks
+    from mediar3d.io.ctc import result_masks
 
     others = sorted(p.name for p in result_masks(out).values() if p.name not in names) if out.is_dir() else []
     if others:

@@ -331,6 +331,24 @@ def write_frame(path: str | os.PathLike, volume: np.ndarray, voxel_size: Iterabl
     return Path(path)
 
 
+def result_masks(res_dir: str | os.PathLike) -> dict[int, Path]:
+    """timepoint -> mask file of a CTC RES folder (maskTTT.tif / .tiff, 3 or 4 digits); two files for
+    one timepoint (mask001.tif and mask0001.tif) are an InputError, not a silent pick."""
+    res_dir = Path(res_dir)
+    if not res_dir.is_dir():
+        raise InputError(res_dir, "result folder does not exist")
+    found: dict[int, Path] = {}
+    for path in sorted(res_dir.iterdir()):
+        m = MASK_RE.match(path.name)
+        if not m:
+            continue
+        t = int(m.group(1))
+        if t in found:
+            raise InputError(res_dir, f"two masks for timepoint {t}: {found[t].name} and {path.name}")
+        found[t] = path
+    return found
+
+
 def write_mask(path: str | os.PathLike, labels: np.ndarray, voxel_size: Iterable[float] | None = None) -> Path:
     """Write a label image as uint16 TIFF (the CTC result format), atomically."""
     labels = np.asarray(labels)
