@@ -62,14 +62,17 @@ def _markers(dist: np.ndarray, components: np.ndarray, n: int, radius: float,
     footprint = _ellipsoid_footprint(max(0.6 * radius, 1.0), spacing)
     peaks = peak_local_max(smooth, footprint=footprint, labels=components, exclude_border=False,
                            threshold_abs=0.25 * radius)
-    markers = np.zeros(dist.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    peak_mask = np.zeros(dist.shape, bool)
+    peak_mask[tuple(peaks.T)] = True
+    # peak_local_max returns every point of a flat maximum (e.g. along z in an object that touches the
+    # top and bottom of the volume): touching peak points are one marker, not one per plane
+    markers, n_markers = ndi.label(peak_mask, structure=np.ones((3, 3, 3), bool))
     seeded = np.zeros(n + 1, bool)
-    seeded[components[tuple(peaks.T)]] = True
+    seeded[components[peak_mask]] = True
     unseeded = np.flatnonzero(~seeded[1:]) + 1  # components without a peak are one object each
     if unseeded.size:
         lut = np.zeros(n + 1, np.int32)
-        lut[unseeded] = len(peaks) + np.arange(1, unseeded.size + 1)
+        lut[unseeded] = n_markers + np.arange(1, unseeded.size + 1)
         extra = lut[components]
         markers = np.where(extra > 0, extra, markers)
     return markers

@@ -45,6 +45,16 @@ def test_touching_spheres_are_separated():
     assert np.array_equal(np.unique(labels), np.arange(6))  # renumbered 0..n
 
 
+def test_objects_cut_by_the_top_and_bottom_of_the_stack_stay_whole():
+    """Nuclei cut by both ends of a thin stack with the same cross-section in every plane: their
+    distance map is flat along z, so every plane is a peak; still one object per nucleus."""
+    disks = spheres((1, 44, 46), [(0, 12, 12), (0, 12, 25), (0, 30, 14)], 6.5)  # the first two touch
+    gt = np.repeat(disks, 6, axis=0)
+    labels = classical_segment(image_of(gt, 2), diameter_px=13)
+    m = evaluate_frame(labels, gt)
+    assert m["n_gt"] == 3 and m["n_pred"] == 3 and m["splits"] == 0 and m["ap50"] == 1.0
+
+
 def test_deterministic():
     vol = image_of(spheres((36, 44, 46), CENTRES, 6.5), seed=4)
     assert np.array_equal(classical_segment(vol), classical_segment(vol))
