@@ -852,8 +852,8 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
     None / "threads" (dask threads, `workers` of them, default all cores), "sync", a
     dask.distributed Client or a scheduler address. Each task uses one numba thread; with threads a
     reader thread reads the blocks (one ahead when workers > 1) and each block is followed by
-    `workers` tasks, one slab of it each (`BlockReader`); the labels do not depend on which task
-    followed which voxels. out: optional
+    PARTS_PER_WORKER x workers tasks, one slab of it each (`BlockReader`); the labels do not depend on
+    which task followed which voxels. out: optional
     zarr array (Z, Y, X) the labels are also written to."""
     shape = _check_field(field)
     niter, min_size = _resolve(diameter_px, niter, min_size, 3 if shape[0] > 1 else 2)
@@ -879,7 +879,8 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
                                        dask_key_name=f"reconstruct-block-{run}-{i:06d}")
              for i, own in enumerate([None] * reader.n_tasks if reader else boxes)]
     log.info("reconstruct: %d blocks of %s, halo %d, %d workers%s", len(boxes), block, halo, workers,
-             f", blocks read on a reader thread ({int(workers > 1)} ahead), {PARTS_PER_WORKER * workers} tasks per block" if reader else "")
+             f", read on a reader thread ({int(workers > 1)} ahead), {PARTS_PER_WORKER * workers} tasks per block"
+             if reader else "")
     try:
         results = _compute(tasks, scheduler, workers)
     finally:
