@@ -871,17 +871,17 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
     threaded = scheduler is None or scheduler in ("threads", "threading")
     reader = BlockReader(field, boxes, halo, shape, ahead=int(workers > 1),
                          parts=PARTS_PER_WORKER * workers) if threaded else None
-    run = uuid.uuid4().hex
-    if reader is None and dask.is_dask_collection(field):
-        field = _Sliced(field)
-    source = dask.delayed(reader or field, name=f"reconstruct-field-{run}", traverse=False)
-    tasks = [dask.delayed(_block_task)(source, own, halo, shape, niter, step, prob_threshold, 1,
-                                       dask_key_name=f"reconstruct-block-{run}-{i:06d}")
-             for i, own in enumerate([None] * reader.n_tasks if reader else boxes)]
-    log.info("reconstruct: %d blocks of %s, halo %d, %d workers%s", len(boxes), block, halo, workers,
-             f", read on a reader thread ({int(workers > 1)} ahead), {PARTS_PER_WORKER * workers} tasks per block"
-             if reader else "")
-    try:
+    try:  # the reader has started reading: close it whatever happens
+        run = uuid.uuid4().hex
+        if reader is None and dask.is_dask_collection(field):
+            field = _Sliced(field)
+        source = dask.delayed(reader or field, name=f"reconstruct-field-{run}", traverse=False)
+        tasks = [dask.delayed(_block_task)(source, own, halo, shape, niter, step, prob_threshold, 1,
+                                           dask_key_name=f"reconstruct-block-{run}-{i:06d}")
+                 for i, own in enumerate([None] * reader.n_tasks if reader else boxes)]
+        log.info("reconstruct: %d blocks of %s, halo %d, %d workers%s", len(boxes), block, halo, workers,
+                 f", read on a reader thread ({int(workers > 1)} ahead), {PARTS_PER_WORKER * workers} tasks"
+                 " per block" if reader else "")
         results = _compute(tasks, scheduler, workers)
     finally:
         if reader is not None:
