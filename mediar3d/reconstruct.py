@@ -691,8 +691,9 @@ def split_box(box: tuple[slice, ...], parts: int) -> list[tuple[slice, ...]]:
 
 
 def _chunk_edge(field, axis: int) -> int:
-    """Chunk length of `field` (4, z, y, x) along volume axis `axis` (CHUNK_PIECE for unchunked arrays)."""
-    chunks = getattr(getattr(field, "array", field), "chunks", None)  # zarr / dask (or _Sliced dask)
+    """Chunk length of `field` (4, z, y, x) along volume axis `axis`: zarr chunks, the largest of a dask
+    array's chunks, CHUNK_PIECE for an unchunked (numpy) array."""
+    chunks = getattr(field, "chunks", None)
     if chunks is None:
         return CHUNK_PIECE
     edge = chunks[1 + axis]
