@@ -8,7 +8,7 @@ niter 200, min_size 15) and through mediar3d (dask blocks, 1 and 2 workers; and 
 in-memory `masks_from_field`). Each method runs in its own subprocess, so its peak RSS
 (VmHWM, imports included) is its own; times exclude imports, loading and a warm-up on a small
 field (numba / torch start-up). The 2-vs-1-worker ratio comes from one more subprocess that runs
-1 and 2 workers alternately (--repeat pairs, zarr's default decoding threads), so that the load of
+1 and 2 workers alternately (2 x --repeat pairs after a warm-up pair, zarr's default decoding threads), so that the load of
 this shared machine falls on both alike. Reported: seconds (best of --repeat), time ratios, AP@0.5 agreement
 of the outputs (`mediar3d.evaluate.evaluate_frame`, Cellpose as reference) and against the labels.
 Writes bench/results/bench_reconstruct.md.
@@ -123,12 +123,23 @@ def run_cellpose(folder: Path, repeat: int) -> tuple[np.ndarray, float]:
     return np.asarray(masks), best
 
 
+def dask_masks(field, workers: int) -> np.ndarray:
+    """The timed mediar3d call: masks_from_field_dask on BLOCKs with `workers` dask workers and as many
+    numba threads (for the reduce)."""
+    import numba
+
+    from mediar3d.reconstruct import masks_from_field_dask
+
+    numba.set_num_threads(workers)
+    return masks_from_field_dask(field, block=BLOCK, workers=workers, diameter_px=DIAMETER)
+
+
 def run_mediar3d(folder: Path, repeat: int, mode: str, workers: int) -> tuple[np.ndarray, float]:
     import numba
     import zarr
 
     from mediar3d.io import store
-    from mediar3d.reconstruct import masks_from_field, masks_from_field_dask
+    from mediar3d.reconstruct import masks_from_field
 
     numba.set_num_threads(workers)
     zarr.config.set({"threading.max_workers": workers})  # chunk decoding threads
@@ -136,7 +147,7 @@ def run_mediar3d(folder: Path, repeat: int, mode: str, workers: int) -> tuple[np
     def once(field):
         if mode == "single":
             return masks_from_field(np.asarray(field), diameter_px=DIAMETER)
-        return masks_from_field_dask(field, block=BLOCK, workers=workers, diameter_px=DIAMETER)
+        return dask_masks(field, workers)
 
     once(_warm_field())
     field = np.load(folder / "field.npy") if mode == "single" else store.open_array(folder / "field.zarr")
@@ -146,18 +157,14 @@ def run_mediar3d(folder: Path, repeat: int, mode: str, workers: int) -> tuple[np
 def run_worker_pairs(folder: Path, repeat: int) -> dict:
     """Wall seconds of `repeat` alternating runs of masks_from_field_dask with 1 and 2 workers (numba
     threads = workers) on the zarr field, in this one process: {"1": [...], "2": [...]}."""
-    import numba
-
     from mediar3d.io import store
-    from mediar3d.reconstruct import masks_from_field_dask
 
     field = store.open_array(folder / "field.zarr")
     times: dict[str, list[float]] = {"1": [], "2": []}
     for rep in range(1 + repeat):  # pair 0 warms up at full size (the first runs are slower)
         for workers in (1, 2):
-            numba.set_num_threads(workers)
             t0 = time.perf_counter()
-            masks_from_field_dask(field, block=BLOCK, workers=workers, diameter_px=DIAMETER)
+            dask_masks(field, workers)
             if rep:
                 times[str(workers)].append(time.perf_counter() - t0)
     return times
