@@ -260,12 +260,13 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
 def _create_views_group(path: Path, shape: Sequence[int], views: Sequence[str], attrs: Mapping):
     import zarr
 
-    from mediar3d.io.store import default_chunks
+    from mediar3d.io.store import COMPRESSORS, default_chunks
 
     group = zarr.open_group(str(path), mode="w")
     group.attrs.update(dict(attrs))
     full = (3, *shape)
     for view in views:
-        array = group.create_array(view, shape=full, chunks=default_chunks(full), dtype="float32", fill_value=0.0)
+        array = group.create_array(view, shape=full, chunks=default_chunks(full), dtype="float32", fill_value=0.0,
+                                   compressors=COMPRESSORS)
         array.attrs.update({"components": [*VIEW_COMPONENTS[view], "logit"], "slice_axis": "zyx"[VIEW_AXIS[view]]})
     return group

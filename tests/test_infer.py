@@ -155,6 +155,8 @@ def test_predict_views_streams_slabs_to_zarr(tmp_path):
     for view in infer.VIEWS:
         assert ga[view].shape == (3, 21, 18, 35) and ga[view].dtype == np.float32
         np.testing.assert_allclose(ga[view][:], gb[view][:], atol=1e-6)
+        assert [c.to_dict() for c in ga[view].compressors] == [c.to_dict() for c in store.open_array(
+            tmp_path / "iso.zarr").compressors]  # the intermediates' codec (store.COMPRESSORS)
     assert ga.attrs["original_shape"] == [7, 18, 35] and "model" in ga.attrs
 
 

@@ -85,6 +85,14 @@ def test_store_round_trip_with_attrs_and_dask(tmp_path):
     np.testing.assert_array_equal(arr[...], data)
     assert arr.attrs["original_shape"] == [5, 20, 30] and arr.attrs["zoom"] == [2.0, 1.0, 1.0]
     assert arr.chunks == (3, 10, 20, 30)
+    assert _codec(arr) == _codec(store.create_array(tmp_path / "g.zarr", (4, 4, 4), np.uint32)) == ("blosc", "lz4")
+
+
+def _codec(array) -> tuple[str, str]:
+    """(codec name, Blosc compressor) of a zarr array's one compressor."""
+    (codec,) = array.compressors
+    spec = codec.to_dict()
+    return spec["name"], spec["configuration"].get("cname")
 
 
 def test_interrupted_store_write_leaves_nothing(tmp_path):

@@ -13,6 +13,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec
 
 from mediar3d.errors import InputError
 from mediar3d.io.atomic import atomic_path
@@ -20,6 +21,12 @@ from mediar3d.io.jsonable import to_jsonable
 
 #: Default chunk edge for (z, y, x) intermediates: 64^3 float32 = 1 MiB per chunk.
 CHUNK_EDGE = 64
+#: Codec of every intermediate: Blosc LZ4 with byte shuffle. Against zarr's default (Zstd level 0)
+#: on a 128x512x512 zebrafish frame, a reconstruction block of the fused field or the views reads
+#: with 1.7-1.8x less CPU at about the same size (field 462 vs 471 MiB, views 324 vs 342 MiB; the
+#: smooth iso volume 109 vs 57 MiB). Reconstruction reads the field block by block, so its decoding
+#: is on the critical path (bench/results/bench_codecs.md).
+COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
 
 
 def default_chunks(shape: Sequence[int], edge: int = CHUNK_EDGE) -> tuple[int, ...]:
@@ -31,11 +38,18 @@ def default_chunks(shape: Sequence[int], edge: int = CHUNK_EDGE) -> tuple[int, .
 def create_array(path: str | os.PathLike, shape: Sequence[int], dtype, chunks: Sequence[int] | None = None,
                  attrs: Mapping | None = None, fill_value=0) -> zarr.Array:
     """Create (overwrite) a zarr array at `path` with JSON attributes `attrs`."""
-    arr = zarr.open_array(str(path), mode="w", shape=tuple(int(s) for s in shape), dtype=dtype,
-                          chunks=tuple(chunks) if chunks else default_chunks(shape), fill_value=fill_value)
+    arr = zarr.create_array(str(path), shape=tuple(int(s) for s in shape), dtype=dtype,
+                            chunks=tuple(chunks) if chunks else default_chunks(shape), fill_value=fill_value,
+                            compressors=COMPRESSORS, overwrite=True)
     if attrs:
         arr.attrs.update(to_jsonable(attrs))
     return arr
+
+
+def limit_decode_threads(threads: int) -> None:
+    """Cap zarr's chunk en/decoding thread pool at `threads`. zarr creates that pool at its first
+    read or write in the process and keeps it: call this before any zarr I/O (the stage CLIs do)."""
+    zarr.config.set({"threading.max_workers": max(1, int(threads))})
 
 
 def write_array(path: str | os.PathLike, array, chunks: Sequence[int] | None = None,
