@@ -31,17 +31,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
 import numba
 import numpy as np
-import zarr
 from scipy.special import expit
 
+from mediar3d.blockread import BlockReader, block_boxes, haloed_box, read_block
 from mediar3d.config import METHODS
 from mediar3d.errors import InputError
 
@@ -56,8 +54,9 @@ DEFAULT_BLOCK = (128, 256, 256)
 #: map tasks per block and worker with the threaded scheduler (`BlockReader` parts): more, shorter
 #: tasks leave less idle time at the end
 PARTS_PER_WORKER = 2
-#: piece length of block reads along an unchunked (numpy) field's split axis
-CHUNK_PIECE = 64
+#: zarr decoding threads for a reconstruction (`store.limit_decode_threads`): one reader thread reads
+#: one piece at a time, and more decoding threads only take cores from the flow following
+DECODE_THREADS = 1
 
 
 @dataclass
@@ -412,33 +411,64 @@ def relabel_by_first_voxel(labels: np.ndarray, inplace: bool = False) -> np.ndar
     return out
 
 
-@numba.njit(cache=True)
-def _first_voxels(voxels, objects, n_objects):
-    """Smallest flat voxel index (n_objects + 1,) of each object id (-1 where absent)."""
-    first = np.full(n_objects + 1, -1, np.int64)
-    for i in range(voxels.shape[0]):
-        o = objects[i]
-        if o != 0 and (first[o] < 0 or voxels[i] < first[o]):
-            first[o] = voxels[i]
-    return first
+_NO_START = int(np.iinfo(np.int64).max)  # box start of an object without voxels (a Python int: numba inlines it)
 
 
-@numba.njit(cache=True)
-def _boxes(voxels, objects, n_objects, gshape):
-    """Bounding boxes (n_objects + 1, 6) = (z0, y0, x0, z1, y1, x1), end exclusive, of object ids."""
-    box = np.empty((n_objects + 1, 6), np.int64)
-    box[:, :3] = np.iinfo(np.int64).max
-    box[:, 3:] = -1
-    for i in range(voxels.shape[0]):
-        o = objects[i]
-        if o == 0:
-            continue
-        v = voxels[i]
-        c = (v // (gshape[1] * gshape[2]), (v // gshape[2]) % gshape[1], v % gshape[2])
-        for a in range(3):
-            box[o, a] = min(box[o, a], c[a])
-            box[o, 3 + a] = max(box[o, 3 + a], c[a] + 1)
-    return box
+@numba.njit(cache=True, parallel=True)
+def _voxel_objects(inverse, where, kept):
+    """Object id (N,) int64 of a block's voxels: kept[where[inverse]], the object of each voxel's
+    end point (inverse: its block key, where: block key -> merged key, kept: merged key -> object)."""
+    out = np.empty(inverse.shape[0], np.int64)
+    for i in numba.prange(inverse.shape[0]):
+        out[i] = kept[where[inverse[i]]]
+    return out
+
+
+def empty_extents(n_objects: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first, boxes) for object ids 0..n_objects before any voxel: first (n + 1,) int64 -1 and boxes
+    (n + 1, 6) int64 = (z0, y0, x0, z1, y1, x1) with starts at int64 max and ends at -1."""
+    boxes = np.empty((n_objects + 1, 6), np.int64)
+    boxes[:, :3] = _NO_START
+    boxes[:, 3:] = -1
+    return np.full(n_objects + 1, -1, np.int64), boxes
+
+
+def add_extents(first: np.ndarray, boxes: np.ndarray, voxels: np.ndarray, objects: np.ndarray,
+                volume_shape: Sequence[int]) -> None:
+    """Fold voxels (N,) int64 (flat indices into a volume of `volume_shape`) of object ids `objects`
+    (N,) int64 (0: none) into `first` (n + 1,), each object's smallest flat voxel index (-1: none
+    yet), and `boxes` (n + 1, 6), its bounding box (z0, y0, x0, z1, y1, x1), end exclusive (start
+    with `empty_extents`). Runs on numba's threads, each over its share of the voxels."""
+    _add_extents(first, boxes, voxels, objects, np.asarray(volume_shape, np.int64), numba.get_num_threads())
+
+
+@numba.njit(cache=True, parallel=True)
+def _add_extents(first, boxes, voxels, objects, gshape, n_parts):
+    share = (voxels.shape[0] + n_parts - 1) // n_parts
+    part_first = np.full((n_parts, first.shape[0]), -1, np.int64)
+    part_boxes = np.empty((n_parts, first.shape[0], 6), np.int64)
+    for part in numba.prange(n_parts):
+        part_boxes[part, :, :3] = _NO_START
+        part_boxes[part, :, 3:] = -1
+        for i in range(part * share, min((part + 1) * share, voxels.shape[0])):
+            o = objects[i]
+            if o == 0:
+                continue
+            v = voxels[i]
+            if part_first[part, o] < 0 or v < part_first[part, o]:
+                part_first[part, o] = v
+            c = (v // (gshape[1] * gshape[2]), (v // gshape[2]) % gshape[1], v % gshape[2])
+            for a in range(3):
+                part_boxes[part, o, a] = min(part_boxes[part, o, a], c[a])
+                part_boxes[part, o, 3 + a] = max(part_boxes[part, o, 3 + a], c[a] + 1)
+    for part in range(n_parts):
+        for o in range(1, first.shape[0]):
+            f = part_first[part, o]
+            if f >= 0 and (first[o] < 0 or f < first[o]):
+                first[o] = f
+            for a in range(3):
+                boxes[o, a] = min(boxes[o, a], part_boxes[part, o, a])
+                boxes[o, 3 + a] = max(boxes[o, 3 + a], part_boxes[part, o, 3 + a])
 
 
 @numba.njit(cache=True)
@@ -527,10 +557,10 @@ def _fill_holes_in_boxes(labels, boxes):
 
 
 @numba.njit(cache=True, parallel=True)
-def _scatter(labels_flat, voxels, objects):
-    """labels_flat[voxels] = objects (voxel indices unique), numba threads."""
+def _scatter(labels_flat, voxels, objects, lut):
+    """labels_flat[voxels] = lut[objects] (voxel indices unique), numba threads."""
     for i in numba.prange(voxels.shape[0]):
-        labels_flat[voxels[i]] = objects[i]
+        labels_flat[voxels[i]] = lut[objects[i]]
 
 
 def merge_block_ends(blocks: Sequence[BlockEnds]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -557,23 +587,24 @@ def labels_from_block_ends(blocks: Sequence[BlockEnds], volume_shape: Sequence[i
     keep = (sizes >= min_size) & (sizes <= max_size_fraction * float(np.prod(shape)))
     keep[0] = False
     kept = np.where(keep[point_labels], point_labels, 0)
-    voxels = np.concatenate([b.voxels for b in blocks]) if blocks else np.zeros(0, np.int64)
-    objects = np.concatenate([kept[w[b.inverse]] for w, b in zip(where, blocks)]) if blocks else voxels
-    n = int(sizes.size - 1)
-    first = _first_voxels(voxels, objects, n)
+    objects = [_voxel_objects(b.inverse, w, kept) for w, b in zip(where, blocks)]
+    first, boxes = empty_extents(int(sizes.size - 1))
+    for b, o in zip(blocks, objects):
+        add_extents(first, boxes, b.voxels, o, shape)
     present = np.flatnonzero(first >= 0)
-    order = present[np.argsort(first[present], kind="stable")]
-    final = np.zeros(n + 1, np.int64)
+    order = present[np.argsort(first[present], kind="stable")]  # kept objects by first voxel
+    final = np.zeros(first.size, np.int64)
     final[order] = np.arange(1, order.size + 1)
-    objects = final[objects]
     labels = np.zeros(int(np.prod(shape)), np.uint32)
-    _scatter(labels, voxels, objects)
+    for b, o in zip(blocks, objects):
+        _scatter(labels, b.voxels, o, final)
     labels = labels.reshape(shape)
-    _fill_holes_in_boxes(labels, _boxes(voxels, objects, int(order.size), np.asarray(shape, np.int64)))
+    _fill_holes_in_boxes(labels, np.concatenate([boxes[:1], boxes[order]]))
+    voxels = sum(b.voxels.size for b in blocks)
     # one line per volume; per-plane calls (2D masks of slices) would flood the log
     log.log(logging.INFO if shape[0] > 1 else logging.DEBUG,
             "reconstruct: %d foreground voxels, %d end point sites, %d objects kept of %d",
-            voxels.size, keys.size, int(order.size), n)
+            voxels, keys.size, int(order.size), sizes.size - 1)
     return labels
 
 
@@ -650,157 +681,6 @@ def masks_from_flows_2d(flows, prob, prob_threshold: float = 0.5, niter: int | N
     return labels
 
 
-def block_boxes(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice, ...]]:
-    """The (z, y, x) boxes of a regular tiling of `shape` by `block`, in C order."""
-    ranges = [[slice(a, min(a + b, s)) for a in range(0, s, b)] for s, b in zip(shape, block)]
-    return [(z, y, x) for z in ranges[0] for y in ranges[1] for x in ranges[2]]
-
-
-def _read_into(field, box: tuple[slice, ...], out: np.ndarray) -> np.ndarray:
-    """Copy field[:, box] into `out` (4, z, y, x) float32 without a temporary where the source
-    allows it (zarr float32 decodes straight into `out`, numpy copies from a view)."""
-    key = (slice(None),) + box
-    if isinstance(field, zarr.Array) and field.dtype == np.float32:
-        from zarr.core.buffer.cpu import NDBuffer
-
-        field.get_basic_selection(key, out=NDBuffer.from_numpy_array(out))
-    else:
-        np.copyto(out, np.asarray(field[key]), casting="same_kind")
-    return out
-
-
-def _read_block(field, box: tuple[slice, ...]) -> np.ndarray:
-    """field[:, box] as a new (4, z, y, x) float32 array."""
-    return _read_into(field, box, np.empty((4,) + tuple(s.stop - s.start for s in box), np.float32))
-
-
-def _haloed_box(own: tuple[slice, ...], halo: int, shape: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(max(0, s.start - halo), min(n, s.stop + halo)) for s, n in zip(own, shape))
-
-
-def _longest_axis(box: tuple[slice, ...]) -> int:
-    return int(np.argmax([s.stop - s.start for s in box]))
-
-
-def split_box(box: tuple[slice, ...], parts: int) -> list[tuple[slice, ...]]:
-    """`box` cut into min(parts, its length) slabs of near-equal thickness along its longest axis."""
-    axis = _longest_axis(box)
-    start, stop = box[axis].start, box[axis].stop
-    edges = np.linspace(start, stop, max(1, min(int(parts), stop - start)) + 1).round().astype(int)
-    return [box[:axis] + (slice(int(a), int(b)),) + box[axis + 1:] for a, b in zip(edges[:-1], edges[1:])]
-
-
-def _chunk_edge(field, axis: int) -> int:
-    """Chunk length of `field` (4, z, y, x) along volume axis `axis`: zarr chunks, the largest of a dask
-    array's chunks, CHUNK_PIECE for an unchunked (numpy) array."""
-    chunks = getattr(field, "chunks", None)
-    if chunks is None:
-        return CHUNK_PIECE
-    edge = chunks[1 + axis]
-    return int(max(edge)) if isinstance(edge, tuple) else int(edge)
-
-
-def _pieces(box: tuple[slice, ...], axis: int, edge: int) -> list[tuple[slice, ...]]:
-    """`box` cut along `axis` at the multiples of `edge` (chunk boundaries: no chunk is decoded twice)."""
-    start, stop = box[axis].start, box[axis].stop
-    cuts = [start] + list(range((start // edge + 1) * edge, stop, edge)) + [stop]
-    return [box[:axis] + (slice(a, b),) + box[axis + 1:] for a, b in zip(cuts[:-1], cuts[1:])]
-
-
-class BlockReader:
-    """Hands out the blocks of a field in block order as map-task inputs for dask's threaded
-    scheduler (one process): `take()` -> (own box, haloed box, data (4, z, y, x) float32 of the haloed
-    box, read index); the task calls `done(read index)` when it no longer needs the data.
-
-    Each block is read once, on one background thread, `ahead` blocks ahead of the tasks (0: read
-    when a task asks, i.e. no overlap), so that reading and decoding (serial in zarr) overlaps the
-    flow following of the other workers. Its own box is handed out in `parts` slabs along its longest
-    axis that share the read data; the read itself is done in chunk-aligned pieces along that axis and
-    a part waits only for the pieces its voxels' paths can reach (its slab +- halo), so the workers
-    start before the first block is read whole and finish close together. Read buffers are reused
-    once every part of their block is done (a fresh 100+ MB array per block costs page faults on
-    every read). Holds at most `ahead` blocks besides those the running tasks use."""
-
-    def __init__(self, field, owns: Sequence[tuple[slice, ...]], halo: int, shape: Sequence[int], ahead: int = 1,
-                 parts: int = 1):
-        self._field, self._ahead = field, max(0, int(ahead))
-        self._reads = [_haloed_box(own, halo, shape) for own in owns]
-        self._pieces, self._parts = [], []  # per read: piece boxes; per part: (own, read index, pieces needed)
-        for i, own in enumerate(owns):
-            axis = _longest_axis(own)
-            pieces = _pieces(self._reads[i], axis, _chunk_edge(field, axis))
-            self._pieces.append(pieces)
-            for part in split_box(own, parts):
-                lo, hi = part[axis].start - halo, part[axis].stop + halo
-                need = [k for k, p in enumerate(pieces) if p[axis].start < hi and p[axis].stop > lo]
-                self._parts.append((part, i, need))
-        self._left = [sum(1 for _, j, _ in self._parts if j == i) for i in range(len(self._reads))]
-        self._size = max(4 * math.prod(s.stop - s.start for s in box) for box in self._reads)
-        self._free: list[np.ndarray] = []  # flat float32 buffers of self._size
-        self._buffers: dict[int, np.ndarray] = {}  # read index -> its buffer, while in use
-        self._data: dict[int, np.ndarray] = {}  # read index -> (4, z, y, x) view of its buffer
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mediar3d-read")
-        self._futures: dict[int, list] = {}  # read index -> piece Futures, until its last part is handed out
-        self._submitted = 0
-        self._next = 0
-        self._lock = threading.Lock()
-        with self._lock:  # start reading before the first task asks
-            self._submit_through(min(self._ahead, len(self._reads) - 1))
-
-    @property
-    def n_tasks(self) -> int:
-        """Number of parts handed out in all (one map task each)."""
-        return len(self._parts)
-
-    def _submit_through(self, last: int) -> None:
-        """Submit the reads up to index `last` not yet submitted (call with the lock held)."""
-        while self._submitted <= last:
-            self._submit(self._submitted)
-            self._submitted += 1
-
-    def _submit(self, i: int) -> None:
-        box = self._reads[i]
-        shape = (4,) + tuple(s.stop - s.start for s in box)
-        buffer = self._free.pop() if self._free else np.empty(self._size, np.float32)
-        self._buffers[i] = buffer
-        self._data[i] = data = buffer[:math.prod(shape)].reshape(shape)
-        origin = [s.start for s in box]
-        self._futures[i] = [
-            self._pool.submit(_read_into, self._field, piece,
-                              data[(slice(None),) + tuple(slice(p.start - o, p.stop - o) for p, o in zip(piece, origin))])
-            for piece in self._pieces[i]]
-
-    def take(self) -> tuple[tuple[slice, ...], tuple[slice, ...], np.ndarray, int]:
-        """(own box of the part, haloed box of its block, block data, read index) of the next part; the
-        data is complete wherever the part's flow paths can go."""
-        with self._lock:
-            if self._next >= len(self._parts):
-                raise RuntimeError("every block has been taken already")
-            own, i, need = self._parts[self._next]
-            self._next += 1
-            self._submit_through(min(i + self._ahead, len(self._reads) - 1))
-            last_part = self._next == len(self._parts) or self._parts[self._next][1] != i
-            futures = self._futures.pop(i) if last_part else self._futures[i]
-            data = self._data.pop(i) if last_part else self._data[i]
-        for k in need:
-            futures[k].result()
-        return own, self._reads[i], data, i
-
-    def done(self, i: int) -> None:
-        """A task is finished with the data of read `i`; the buffer is reused after its last part."""
-        with self._lock:
-            self._left[i] -= 1
-            if self._left[i] == 0:
-                self._free.append(self._buffers.pop(i))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._futures.clear()
-        self._buffers.clear()
-        self._data.clear()
-        self._free.clear()
-
-
 class _Sliced:
     """Wraps a dask array so that it enters the task graph as an opaque object (dask would compute a
     collection argument whole); each task then computes only its block's slice."""
@@ -817,8 +697,8 @@ def _block_task(field, own, halo, shape, niter, step, prob_threshold, threads):
     """Map task: BlockEnds of block `own` (read here with its halo), or, when `field` is a
     BlockReader (`own` None), of the next block part the reader hands out."""
     if not isinstance(field, BlockReader):
-        box = _haloed_box(own, halo, shape)
-        return block_end_points(_read_block(field, box), tuple(b.start for b in box), own, shape, niter, step,
+        box = haloed_box(own, halo, shape)
+        return block_end_points(read_block(field, box), tuple(b.start for b in box), own, shape, niter, step,
                                 prob_threshold, threads)
     own, box, data, index = field.take()
     try:

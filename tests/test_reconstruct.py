@@ -7,16 +7,14 @@ import pytest
 from mediar3d.errors import InputError
 from mediar3d.evaluate import evaluate_frame, seg_score
 from mediar3d.flows import labels_to_flows_2d, labels_to_flows_3d
+from mediar3d.blockread import block_boxes
 from mediar3d.reconstruct import (
-    BlockReader,
-    block_boxes,
     default_niter,
     flow_halo,
     masks_from_field,
     masks_from_field_dask,
     masks_from_flows_2d,
     relabel_by_first_voxel,
-    split_box,
     stitch_slices,
     xy_stitch_from_views,
 )
@@ -78,71 +76,6 @@ def test_dask_blocks_equal_single_block(spheres, single, workers):
     assert same_partition(blocked, single)
     # the relabelling order is global too, so the labels are identical, not only a permutation
     assert np.array_equal(blocked, single)
-
-
-def test_split_box_tiles_the_box_along_its_longest_axis():
-    box = (slice(10, 40), slice(0, 100), slice(5, 60))
-    parts = split_box(box, 3)
-    assert [p[1] for p in parts] == [slice(0, 33), slice(33, 67), slice(67, 100)]
-    assert all(p[0] == box[0] and p[2] == box[2] for p in parts)
-    assert len(split_box((slice(0, 2), slice(0, 2), slice(0, 1)), 5)) == 2  # never an empty slab
-
-
-def test_block_reader_reads_each_block_once_in_parts_and_reuses_buffers(spheres):
-    field = spheres[1]
-    owns = block_boxes(SHAPE, (24, 48, 48))
-    halo = 6
-    reader = BlockReader(field, owns, halo, SHAPE, ahead=0, parts=3)
-    try:
-        assert reader.n_tasks == 3 * len(owns)
-        covered = np.zeros(SHAPE, np.int32)
-        buffers = []
-        for _ in range(reader.n_tasks):
-            own, box, data, index = reader.take()
-            covered[own] += 1
-            assert all(b.start <= o.start and o.stop <= b.stop for o, b in zip(own, box))
-            assert np.array_equal(data, field[(slice(None),) + box])  # the haloed block, read once for 3 parts
-            buffers.append(data)
-            reader.done(index)
-        assert (covered == 1).all()  # the parts tile the volume exactly
-        # each block's buffer is free again after its 3 parts: with ahead 0 one buffer serves every block
-        assert all(np.shares_memory(b, buffers[0]) for b in buffers)
-        with pytest.raises(RuntimeError, match="taken already"):
-            reader.take()
-    finally:
-        reader.close()
-
-
-def test_block_reader_part_waits_only_for_the_pieces_its_paths_reach(spheres):
-    """The read is split at chunk boundaries along the split axis; the first part starts while
-    pieces beyond its slab + halo are still being read."""
-    import threading
-
-    release = threading.Event()
-    requested = []
-
-    class SlowField:
-        shape, chunks = spheres[1].shape, (4, 16, 16, 16)
-
-        def __getitem__(self, key):
-            requested.append((key[2].start, key[2].stop))
-            if key[2].start >= 48:  # pieces the first part does not need
-                assert release.wait(10)
-            return spheres[1][key]
-
-    reader = BlockReader(SlowField(), [(slice(0, 48), slice(0, 96), slice(0, 96))], 6, SHAPE, ahead=0, parts=3)
-    try:
-        own, box, data, index = reader.take()  # returns although the last pieces are blocked
-        assert own[1] == slice(0, 32) and not release.is_set()
-        assert np.array_equal(data[:, :, :38], spheres[1][:, :, :38])  # y 0:32 + halo 6 is read
-        release.set()
-        for _ in range(reader.n_tasks - 1):
-            reader.take()
-        assert np.array_equal(data, spheres[1])
-        assert sorted(requested) == [(a, a + 16) for a in range(0, 96, 16)]  # chunk-aligned, each once
-    finally:
-        release.set()
-        reader.close()
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "threads"])
@@ -313,11 +246,48 @@ def _reference_fill(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def _label_extents(labels, pieces=1):
+    """(first, boxes) of the objects of `labels` by `add_extents`, its voxels folded in `pieces`."""
+    from mediar3d.reconstruct import add_extents, empty_extents
+
+    flat = labels.reshape(-1)
+    voxels = np.flatnonzero(flat).astype(np.int64)
+    first, boxes = empty_extents(int(labels.max()))
+    for part in np.array_split(np.random.default_rng(0).permutation(voxels.size), pieces):
+        add_extents(first, boxes, voxels[part], flat[voxels[part]].astype(np.int64), labels.shape)
+    return first, boxes
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_object_extents_are_first_voxels_and_bounding_boxes(spheres, threads):
+    """Folded in three shuffled pieces on 1 or 2 numba threads: each object's smallest flat index and
+    its bounding box, as scipy finds them; an absent id keeps the empty extents."""
+    import numba
+    from scipy import ndimage as ndi
+
+    labels = spheres[0].copy()
+    labels[labels == 5] = 0  # id 5 absent
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        first, boxes = _label_extents(labels, pieces=3)
+    finally:
+        numba.set_num_threads(before)
+    flat = labels.reshape(-1)
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            assert first[index] == -1 and boxes[index, 3] == -1
+            continue
+        assert first[index] == np.flatnonzero(flat == index)[0]
+        assert tuple(boxes[index]) == tuple(s.start for s in box) + tuple(s.stop for s in box)
+    assert first[5] == -1
+
+
 @pytest.mark.parametrize("shape", [(1, 64, 64), (24, 40, 40)])
 def test_hole_filling_matches_scipy(shape):
     """Shells with cavities, nested objects and objects touching the edges are filled exactly as
     scipy.ndimage.binary_fill_holes would fill them (2D for a one-plane volume)."""
-    from mediar3d.reconstruct import _boxes, _fill_holes_in_boxes
+    from mediar3d.reconstruct import _fill_holes_in_boxes
 
     rng = np.random.default_rng(3)
     grid = np.indices(shape).reshape(3, -1).T
@@ -330,28 +300,23 @@ def test_hole_filling_matches_scipy(shape):
         labels[shell & (labels == 0)] = index
     pierced = (labels % 3 == 0) & (rng.random(shape) < 0.05)
     labels[pierced] = 0  # pin holes in every third shell: those cavities mostly stay open
-    flat = labels.reshape(-1)
-    voxels = np.flatnonzero(flat).astype(np.int64)
-    boxes = _boxes(voxels, flat[voxels].astype(np.int64), int(labels.max()), np.asarray(shape, np.int64))
     expected = _reference_fill(labels)
     assert (expected != labels).sum() > 50  # the case has holes to fill
-    _fill_holes_in_boxes(labels, boxes)
+    _fill_holes_in_boxes(labels, _label_extents(labels)[1])
     np.testing.assert_array_equal(labels, expected)
 
 
 @pytest.mark.parametrize("outer", [1, 2])
 def test_hole_filling_of_nested_shells_follows_id_order(outer):
     """A shell inside another's cavity: the lower id fills first, the other finds nothing left."""
-    from mediar3d.reconstruct import _boxes, _fill_holes_in_boxes
+    from mediar3d.reconstruct import _fill_holes_in_boxes
 
     d = np.sqrt(((np.indices((21, 21, 21)) - 10.0) ** 2).sum(0))
     labels = np.zeros((21, 21, 21), np.uint32)
     labels[(d <= 9) & (d > 7.5)] = outer
     labels[(d <= 4) & (d > 2.5)] = 3 - outer
-    flat = labels.reshape(-1)
-    voxels = np.flatnonzero(flat).astype(np.int64)
     expected = _reference_fill(labels)
-    _fill_holes_in_boxes(labels, _boxes(voxels, flat[voxels].astype(np.int64), 2, np.asarray(labels.shape, np.int64)))
+    _fill_holes_in_boxes(labels, _label_extents(labels)[1])
     np.testing.assert_array_equal(labels, expected)
     assert labels[10, 10, 10] == min(outer, 3 - outer)  # the inner cavity goes to whoever filled first
 
@@ -385,20 +350,20 @@ def test_dask_array_field_is_read_block_by_block(spheres, single, scheduler, mon
     (in pieces with threads), and the labels are the same."""
     import dask.array as da
 
-    from mediar3d import reconstruct
+    from mediar3d import blockread
 
     shapes = []
-    original = reconstruct._read_into
+    original = blockread.read_into
 
     def spy(field, box, out):
         shapes.append(out.shape)
         return original(field, box, out)
 
-    monkeypatch.setattr(reconstruct, "_read_into", spy)
+    monkeypatch.setattr(blockread, "read_into", spy)
     field = da.from_array(spheres[1], chunks=(4, 16, 32, 32))
     blocked = masks_from_field_dask(field, block=(24, 48, 48), diameter_px=DIAMETER, scheduler=scheduler, workers=2)
     assert np.array_equal(blocked, single)
     halo = flow_halo(default_niter(DIAMETER))
-    boxes = [reconstruct._haloed_box(own, halo, SHAPE) for own in block_boxes(SHAPE, (24, 48, 48))]
+    boxes = [blockread.haloed_box(own, halo, SHAPE) for own in block_boxes(SHAPE, (24, 48, 48))]
     assert sum(np.prod(s) for s in shapes) == sum(4 * np.prod([b.stop - b.start for b in box]) for box in boxes)
     assert all(np.prod(s) < spheres[1].size for s in shapes)
