@@ -8,8 +8,11 @@ niter 200, min_size 15) and through mediar3d (dask blocks, 1 and 2 workers; and 
 in-memory `masks_from_field`). Each method runs in its own subprocess, so its peak RSS
 (VmHWM, imports included) is its own; times exclude imports, loading and a warm-up on a small
 field (numba / torch start-up). The 2-vs-1-worker ratio comes from one more subprocess that runs
-1 and 2 workers alternately (2 x --repeat pairs after a warm-up pair, zarr's default decoding threads), so that the load of
-this shared machine falls on both alike. Reported: seconds (best of --repeat), time ratios, AP@0.5 agreement
+1 and 2 workers alternately (2 x --repeat pairs after a warm-up pair), so that the load of this
+shared machine falls on both alike. Every mediar3d run decodes zarr chunks on the threads `mediar3d
+reconstruct` allows (`reconstruct.DECODE_THREADS`) and reuses its block-read buffers from one call to
+the next, as a process reconstructing frame after frame does (`blockread.READ_BUFFERS`); the
+warm-up call allocates them. Reported: seconds (best of --repeat), time ratios, AP@0.5 agreement
 of the outputs (`mediar3d.evaluate.evaluate_frame`, Cellpose as reference) and against the labels.
 Writes bench/results/bench_reconstruct.md.
 
@@ -53,17 +56,27 @@ def jittered_balls(shape, spacing=(32, 30, 30), radius=7.0, seed=0) -> np.ndarra
     return synthetic.jittered_balls(shape, spacing, radius, jitter=5.0, radius_range=(0.85, 1.2), seed=seed)
 
 
+def _stored_as_fuse_writes(array, shape) -> bool:
+    """Whether a cached field zarr has the chunks and codecs `mediar3d fuse` writes."""
+    from mediar3d.io import store
+
+    def codecs(compressors):
+        return [(c.to_dict()["name"], c.to_dict()["configuration"].get("cname")) for c in compressors]
+
+    return array.chunks == store.default_chunks((4, *shape)) and codecs(array.compressors) == codecs(store.COMPRESSORS)
+
+
 def make_field(shape) -> Path:
     """bench/out/reconstruct/{labels.npy, field.npy, field.zarr} for `shape` (cached); the zarr has the
-    chunks the pipeline's fused field has (`store.default_chunks`)."""
+    chunks and codec the pipeline's fused field has (`store.default_chunks`, `store.COMPRESSORS`)."""
     from mediar3d.flows import labels_to_flows_3d
     from mediar3d.io import store
 
     folder = OUT / "x".join(map(str, shape))
     if (folder / "field.zarr").exists() and (folder / "field.npy").exists():
-        if store.open_array(folder / "field.zarr").chunks == store.default_chunks((4, *shape)):
+        if _stored_as_fuse_writes(store.open_array(folder / "field.zarr"), shape):
             return folder
-        # a cache from an older version of this script: rewrite it with the pipeline's chunks
+        # a cache from an older version of this script: rewrite it as the pipeline writes it
         store.write_array(folder / "field.zarr", np.load(folder / "field.npy"))
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,16 +101,17 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def best_wall_cpu(fn, repeat: int) -> tuple[object, tuple[float, float]]:
-    """(value, (wall s, CPU s)) of the fastest of `repeat` calls of `fn` (no warm-up here: the
-    callers warm up on a small field)."""
+def best_wall_cpu(fn, repeat: int) -> tuple[object, tuple[float, float, float]]:
+    """(value, (wall s, CPU s, first call's wall s)) of the fastest of `repeat` calls of `fn` (no
+    warm-up here: the callers warm up on a small field, so the first call is the first at full size)."""
     def with_cpu():
         c0 = _cpu_seconds()
         value = fn()
         return value, _cpu_seconds() - c0
 
-    wall, (value, cpu) = best_of(with_cpu, repeat, warmup=False)
-    return value, (wall, cpu)
+    times: list[float] = []
+    wall, (value, cpu) = best_of(with_cpu, repeat, warmup=False, times=times)
+    return value, (wall, cpu, times[0])
 
 
 def _warm_field() -> np.ndarray:
@@ -136,13 +150,12 @@ def dask_masks(field, workers: int) -> np.ndarray:
 
 def run_mediar3d(folder: Path, repeat: int, mode: str, workers: int) -> tuple[np.ndarray, float]:
     import numba
-    import zarr
 
     from mediar3d.io import store
     from mediar3d.reconstruct import masks_from_field
 
     numba.set_num_threads(workers)
-    zarr.config.set({"threading.max_workers": workers})  # chunk decoding threads
+    limit_decode_threads()
 
     def once(field):
         if mode == "single":
@@ -154,11 +167,20 @@ def run_mediar3d(folder: Path, repeat: int, mode: str, workers: int) -> tuple[np
     return best_wall_cpu(lambda: once(field), repeat)
 
 
+def limit_decode_threads() -> None:
+    """zarr's decoding threads as `mediar3d reconstruct` sets them (before any zarr I/O)."""
+    from mediar3d.io import store
+    from mediar3d.reconstruct import DECODE_THREADS
+
+    store.limit_decode_threads(DECODE_THREADS)
+
+
 def run_worker_pairs(folder: Path, repeat: int) -> dict:
     """Wall seconds of `repeat` alternating runs of masks_from_field_dask with 1 and 2 workers (numba
     threads = workers) on the zarr field, in this one process: {"1": [...], "2": [...]}."""
     from mediar3d.io import store
 
+    limit_decode_threads()
     field = store.open_array(folder / "field.zarr")
     times: dict[str, list[float]] = {"1": [], "2": []}
     for rep in range(1 + repeat):  # pair 0 warms up at full size (the first runs are slower)
@@ -175,10 +197,10 @@ def task_cpu_times(folder: Path) -> dict:
     read + follow) and of the reduce, run one after the other: the load-independent input of the
     2-worker projection."""
     import numba
-    import zarr
 
+    from mediar3d.blockread import block_boxes
     from mediar3d.io import store
-    from mediar3d.reconstruct import (_block_task, block_boxes, default_min_size, default_niter, flow_halo,
+    from mediar3d.reconstruct import (_block_task, default_min_size, default_niter, flow_halo,
                                       labels_from_block_ends, masks_from_field_dask)
 
     # the defaults masks_from_field_dask runs with (read from its signature, so they cannot drift)
@@ -186,7 +208,7 @@ def task_cpu_times(folder: Path) -> dict:
     step, prob_threshold = defaults["step"].default, defaults["prob_threshold"].default
     max_size_fraction = defaults["max_size_fraction"].default
     numba.set_num_threads(1)
-    zarr.config.set({"threading.max_workers": 1})
+    limit_decode_threads()
     field = store.open_array(folder / "field.zarr")
     shape = field.shape[1:]
     niter = default_niter(DIAMETER)
@@ -224,7 +246,8 @@ def child(args) -> int:
         masks, seconds = run_mediar3d(folder, args.repeat, args.child, args.workers)
     name = f"{args.child}-{args.workers}"
     np.save(folder / f"masks-{name}.npy", masks.astype(np.uint32))
-    result = {"name": name, "seconds": seconds[0], "cpu_seconds": seconds[1], "peak_rss_mib": peak_rss_mib()}
+    result = {"name": name, "seconds": seconds[0], "cpu_seconds": seconds[1], "first_seconds": seconds[2],
+              "peak_rss_mib": peak_rss_mib()}
     if args.child == "dask" and args.workers == 1:
         result["task_cpu"] = task_cpu_times(folder)
     print(json.dumps(result), flush=True)
@@ -271,7 +294,10 @@ def main() -> int:
     labels = np.load(folder / "labels.npy")
     from mediar3d.io import store
 
-    chunks = store.open_array(folder / "field.zarr").chunks
+    stored = store.open_array(folder / "field.zarr")
+    chunks = stored.chunks
+    codec = ", ".join(f"{c.to_dict()['name']} {c.to_dict()['configuration'].get('cname', '')}".strip()
+                      for c in stored.compressors)
     n_fg = int((labels > 0).sum())
     cpus = os.cpu_count() or 1
     runs = {
@@ -294,7 +320,7 @@ def main() -> int:
         r = runs[key]
         vs_gt = evaluate_frame(r["masks"], labels)
         agree = evaluate_frame(r["masks"], cp["masks"])["ap50"] if key != "cellpose" else 1.0
-        rows.append((label, r["seconds"], r["cpu_seconds"], cp["seconds"] / r["seconds"], r["peak_rss_mib"],
+        rows.append((label, r["seconds"], r["cpu_seconds"], r["first_seconds"], cp["seconds"] / r["seconds"], r["peak_rss_mib"],
                      int(r["masks"].max()), agree, vs_gt["ap50"], vs_gt["seg"]))
     identical = np.array_equal(runs["dask-1"]["masks"], runs["single-2"]["masks"]) and \
         np.array_equal(runs["dask-2"]["masks"], runs["single-2"]["masks"])
@@ -323,15 +349,17 @@ def main() -> int:
         f"(diameter ~{DIAMETER:.0f} px), {n_fg} foreground voxels. Cellpose gets dP = 5 x flows and "
         f"cellprob = +-{LOGIT:.0f} (its defaults: niter 200, min_size 15); mediar3d gets diameter_px "
         f"{DIAMETER:.0f} (niter {int(2 * DIAMETER)}, min_size from the diameter), block {BLOCK} for dask "
-        f"on a zarr field with the chunks `mediar3d fuse` writes ({chunks}). "
-        f"Times exclude imports, loading and a warm-up; best of {args.repeat}. Peak RSS is each "
+        f"on a zarr field with the chunks and codec `mediar3d fuse` writes ({chunks}, {codec}). "
+        f"Times exclude imports, loading and a warm-up on a small field; best of {args.repeat}. 'first call' "
+        "is the first full-size call of each subprocess (for mediar3d: with fresh block-read buffers, as "
+        "in a `mediar3d reconstruct` job of one frame; later calls reuse them). Peak RSS is each "
         "subprocess's VmHWM (imports included); CPU s = user + sys CPU time of the timed call (all threads).",
         "",
-        "| method | wall s | CPU s | speed-up vs Cellpose (wall) | peak RSS MiB | objects | AP@0.5 vs Cellpose | AP@0.5 vs labels | SEG vs labels |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | wall s | CPU s | first call s | speed-up vs Cellpose (wall) | peak RSS MiB | objects | AP@0.5 vs Cellpose | AP@0.5 vs labels | SEG vs labels |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, sec, cpu, ratio, rss, n, agree, ap, seg in rows:
-        lines.append(f"| {label} | {sec:.2f} | {cpu:.2f} | {ratio:.1f}x | {rss:.0f} | {n} | {agree:.4f} | {ap:.4f} | {seg:.4f} |")
+    for label, sec, cpu, first, ratio, rss, n, agree, ap, seg in rows:
+        lines.append(f"| {label} | {sec:.2f} | {cpu:.2f} | {first:.2f} | {ratio:.1f}x | {rss:.0f} | {n} | {agree:.4f} | {ap:.4f} | {seg:.4f} |")
     lines += [
         "",
         f"dask (1 and 2 workers) labels identical to the single-block labels: {identical}",
