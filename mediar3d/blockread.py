@@ -209,8 +209,9 @@ class BlockReader:
         """A task is finished with the data of read `i`; the buffer is reused after its last part."""
         with self._lock:
             self._left[i] -= 1
-            if self._left[i] == 0:
-                self._pool.put(self._buffers.pop(i))
+            buffer = self._buffers.pop(i, None) if self._left[i] == 0 else None
+            if buffer is not None:  # None after close(): a task that outlived a failed run
+                self._pool.put(buffer)
 
     def close(self) -> None:
         """Stop reading; the buffers of blocks with parts not done (a failed run) are dropped."""

@@ -126,3 +126,14 @@ def test_block_reader_part_waits_only_for_the_pieces_its_paths_reach(spheres):
     finally:
         release.set()
         reader.close()
+
+
+def test_a_task_finishing_after_close_gives_no_buffer_back(spheres):
+    """A failed run closes the reader while other tasks may still use their block's data: their
+    done() must neither fail nor hand that buffer out again."""
+    pool = ReadBuffers(keep=2)
+    reader = BlockReader(spheres[1], block_boxes(SHAPE, (48, 96, 96)), 6, SHAPE, ahead=0, parts=1, buffers=pool)
+    index = reader.take()[3]
+    reader.close()
+    reader.done(index)
+    assert pool.nbytes == 0
