@@ -3,7 +3,7 @@
 The pipeline's stages make the three stores of one synthetic zebrafish frame (`mediar3d synth`,
 `resample`, `infer` with the shipped model, `fuse`; cached under --work). Each array is then
 written, in one run of this script, with zarr's default codec (Zstd level 0) and with the Blosc LZ4
-codecs, and for each the script reports the size on disk, the write time and the time to read the
+codecs (with bench_reconstruct's oracle field when its cache exists), and for each the script reports the size on disk, the write time and the time to read the
 first haloed reconstruction block ((Z, 128, 290, 290) minus the volume's edges: what
 `mediar3d.blockread` reads), wall and process CPU, best of --repeat rounds that read the codecs in
 turn, zarr decoding on one thread as `mediar3d reconstruct` sets it. Ratios are against Zstd. Writes bench/results/bench_codecs.md.
@@ -29,17 +29,18 @@ sys.path.insert(0, str(ROOT))
 RESULT = ROOT / "bench" / "results" / "bench_codecs.md"
 MODEL = ROOT / "models" / "mediar3d_default.pt"
 BLOCK = (128, 290, 290)
+ORACLE = ROOT / "bench" / "out" / "reconstruct" / "128x512x512" / "field.npy"
 
 
 def codecs() -> dict:
-    """name -> zarr compressors: the default, what `mediar3d.io.store` writes, and LZ4 unshuffled."""
+    """name -> zarr compressors: the default, LZ4 with byte shuffle, and what `mediar3d.io.store` writes."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
     from mediar3d.io import store
 
     return {"Zstd level 0 (zarr default)": (ZstdCodec(level=0),),
-            "Blosc LZ4 + shuffle (store.COMPRESSORS)": store.COMPRESSORS,
-            "Blosc LZ4, no shuffle": (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)}
+            "Blosc LZ4 + shuffle": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),),
+            "Blosc LZ4, no shuffle (store.COMPRESSORS)": store.COMPRESSORS}
 
 
 def make_frame(work: Path, shape) -> dict[str, Path]:
@@ -47,6 +48,7 @@ def make_frame(work: Path, shape) -> dict[str, Path]:
     stores = {"iso": work / "iso.zarr", "views (xy)": work / "views.zarr" / "xy", "field": work / "field.zarr"}
     if all(p.exists() for p in stores.values()):
         return stores
+    work.mkdir(parents=True, exist_ok=True)
     mediar3d = [sys.executable, "-m", "mediar3d"]
     steps = [
         ["synth", "--preset", "zebrafish", "--seed", "3", "--frames", "1", "--shape", *map(str, shape),
@@ -108,12 +110,15 @@ def main() -> int:
 
     store.limit_decode_threads(DECODE_THREADS)
     stores = make_frame(args.work, args.shape)
+    if ORACLE.exists():  # bench_reconstruct's oracle field: sparse flows, prob 0 / 1
+        stores["oracle field (bench_reconstruct)"] = ORACLE
     rows = []
     for name, path in stores.items():
-        source = zarr.open_array(str(path))
-        array = source[...]
+        source = zarr.open_array(str(path)) if path.suffix != ".npy" else None
+        array = source[...] if source is not None else np.load(path)
+        chunks = source.chunks if source is not None else store.default_chunks(array.shape)
         folders = {codec: args.work / f"trial-{i}.zarr" for i, codec in enumerate(codecs())}
-        results = {codec: write(array, compressors, source.chunks, folders[codec])
+        results = {codec: write(array, compressors, chunks, folders[codec])
                    for codec, compressors in codecs().items()}
         for codec, (wall, cpu) in read_block_times(folders, args.repeat).items():
             results[codec].update(read=wall, read_cpu=cpu)

@@ -61,7 +61,8 @@ def _stored_as_fuse_writes(array, shape) -> bool:
     from mediar3d.io import store
 
     def codecs(compressors):
-        return [(c.to_dict()["name"], c.to_dict()["configuration"].get("cname")) for c in compressors]
+        return [(c.to_dict()["name"], c.to_dict()["configuration"].get("cname"), c.to_dict()["configuration"].get("shuffle"))
+                for c in compressors]
 
     return array.chunks == store.default_chunks((4, *shape)) and codecs(array.compressors) == codecs(store.COMPRESSORS)
 
@@ -296,7 +297,8 @@ def main() -> int:
 
     stored = store.open_array(folder / "field.zarr")
     chunks = stored.chunks
-    codec = ", ".join(f"{c.to_dict()['name']} {c.to_dict()['configuration'].get('cname', '')}".strip()
+    codec = ", ".join(" ".join(str(v) for v in (c.to_dict()["name"], *(c.to_dict()["configuration"].get(k) for k in
+                                                                        ("cname", "shuffle"))) if v)
                       for c in stored.compressors)
     n_fg = int((labels > 0).sum())
     cpus = os.cpu_count() or 1

@@ -21,12 +21,13 @@ from mediar3d.io.jsonable import to_jsonable
 
 #: Default chunk edge for (z, y, x) intermediates: 64^3 float32 = 1 MiB per chunk.
 CHUNK_EDGE = 64
-#: Codec of every intermediate: Blosc LZ4 with byte shuffle. Against zarr's default (Zstd level 0)
-#: on a 128x512x512 zebrafish frame, a reconstruction block of the fused field or the views reads
-#: with 1.7-1.8x less CPU at about the same size (field 462 vs 471 MiB, views 324 vs 342 MiB; the
-#: smooth iso volume 109 vs 57 MiB). Reconstruction reads the field block by block, so its decoding
-#: is on the critical path (bench/results/bench_codecs.md).
-COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+#: Codec of every intermediate: Blosc LZ4 without shuffle. Against zarr's default (Zstd level 0) on a
+#: 128x512x512 zebrafish frame, a reconstruction block of the fused field or the views reads with
+#: 1.9x less CPU; the dense float predictions then stay about their raw size (field 512 vs 471 MiB,
+#: views 382 vs 342 MiB) while empty background still compresses. With byte shuffle they would be
+#: ~10% smaller (462 / 324 MiB) but decode 6-11% slower, and 2-worker reconstruction is bound by
+#: that decoding (bench/results/bench_codecs.md, bench_reconstruct.md).
+COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
 
 
 def default_chunks(shape: Sequence[int], edge: int = CHUNK_EDGE) -> tuple[int, ...]:
