@@ -136,3 +136,51 @@ def test_ome_zarr_input_gets_its_masks_as_labels(tmp_path):
     (tmp_path / "res" / "mask001.tif").unlink()
     with pytest.raises(InputError, match=r"missing for frames \[1\]"):
         image_to_ome_zarr(tmp_path / "in.ome.zarr", tmp_path / "out2.ome.zarr", tmp_path / "res")
+
+
+def test_read_on_this_thread_decodes_on_the_calling_thread_only(tmp_path):
+    """The store is read (and every chunk decoded) on the thread that asks, also from two threads at
+    once, with zarr's result; missing chunks read as the fill value."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import zarr
+    from zarr.storage import LocalStore
+
+    rng = np.random.default_rng(0)
+    data = rng.random((4, 40, 50, 60), dtype=np.float32)
+    data[:, :20, :25] = 0  # whole chunks at the fill value are not written
+    arr = store.create_array(tmp_path / "f.zarr", data.shape, np.float32, chunks=(4, 16, 16, 16))
+    arr[...] = data
+    threads = []
+
+    class RecordingStore(LocalStore):
+        async def get(self, key, prototype, byte_range=None):
+            threads.append(threading.get_ident())
+            return await super().get(key, prototype, byte_range)
+
+    recorded = zarr.open_array(RecordingStore(str(tmp_path / "f.zarr")), mode="r")
+    box = (slice(None), slice(3, 37), slice(5, 50), slice(0, 60))
+    threads.clear()  # opening read the metadata on zarr's own loop
+
+    def read():
+        out = np.full((4, 34, 45, 60), np.nan, np.float32)
+        assert store.read_on_this_thread(recorded, box, out) is out
+        return out, threading.get_ident()
+
+    out, me = read()
+    np.testing.assert_array_equal(out, data[box])
+    assert threads and set(threads) == {me}
+    threads.clear()
+    with ThreadPoolExecutor(2) as pool:
+        results = [f.result() for f in [pool.submit(read) for _ in range(4)]]
+    for out, _ in results:
+        np.testing.assert_array_equal(out, data[box])
+    assert set(threads) <= {ident for _, ident in results}
+
+    async def inside_a_running_loop():  # a notebook's main thread: zarr's own loop reads instead
+        return read()
+
+    out, _ = asyncio.run(inside_a_running_loop())
+    np.testing.assert_array_equal(out, data[box])

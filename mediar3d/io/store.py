@@ -6,8 +6,10 @@ so a killed job leaves no half-written store that a later run would trust.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -47,10 +49,54 @@ def create_array(path: str | os.PathLike, shape: Sequence[int], dtype, chunks: S
     return arr
 
 
-def limit_decode_threads(threads: int) -> None:
-    """Cap zarr's chunk en/decoding thread pool at `threads`. zarr creates that pool at its first
-    read or write in the process and keeps it: call this before any zarr I/O (the stage CLIs do)."""
-    zarr.config.set({"threading.max_workers": max(1, int(threads))})
+class _InlineExecutor(ThreadPoolExecutor):
+    """An executor that runs what it is given at once, on the submitting thread (it starts no thread)."""
+
+    def __init__(self):
+        super().__init__(max_workers=1)
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as err:  # handed to the awaiting coroutine, as a pool thread would
+            future.set_exception(err)
+        return future
+
+
+def _loop_running() -> bool:
+    """Whether this thread runs an event loop already (a notebook's main thread, say)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def read_on_this_thread(array: zarr.Array, selection: tuple[slice, ...], out: np.ndarray) -> np.ndarray:
+    """Decode array[selection] (slices) into `out` (numpy, the selection's shape and the array's dtype)
+    with all the work on the calling thread, and return `out`.
+
+    zarr's synchronous API runs every read of a process on its one event-loop thread (and decodes on
+    its thread pool), so reads from several threads queue there and a read uses more threads than
+    the one calling it. Here zarr's own async read runs on a private event loop of the calling thread
+    whose executor runs inline: n threads reading decode on n cores, and one thread uses one core.
+    For arrays in a local or memory store (a remote store's client is tied to zarr's loop) and threads
+    that run no event loop of their own; otherwise zarr's synchronous API reads."""
+    from zarr.core.buffer.cpu import NDBuffer
+    from zarr.storage import LocalStore, MemoryStore
+
+    if not isinstance(array.store, (LocalStore, MemoryStore)) or _loop_running():
+        array.get_basic_selection(selection, out=NDBuffer.from_numpy_array(out))
+        return out
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(_InlineExecutor())
+    try:
+        loop.run_until_complete(array.async_array.get_orthogonal_selection(
+            selection, out=NDBuffer.from_numpy_array(out)))
+    finally:
+        loop.close()
+    return out
 
 
 def write_array(path: str | os.PathLike, array, chunks: Sequence[int] | None = None,
