@@ -83,13 +83,16 @@ def read_block_times(folders: dict[str, Path], repeat: int) -> dict[str, tuple[f
     read in turn `repeat` times (after one untimed round), so the machine's drift falls on all alike."""
     import zarr
 
+    from mediar3d.io import store
+
     arrays = {codec: zarr.open_array(str(folder)) for codec, folder in folders.items()}
     times: dict[str, list[tuple[float, float]]] = {codec: [] for codec in arrays}
     for round_ in range(repeat + 1):
         for codec, stored in arrays.items():
             box = (slice(None),) * (stored.ndim - 3) + tuple(slice(0, min(b, s)) for b, s in zip(BLOCK, stored.shape[-3:]))
+            out = np.empty(tuple(len(range(*b.indices(n))) for b, n in zip(box, stored.shape)), stored.dtype)
             t0, c0 = time.perf_counter(), time.process_time()
-            stored[box]
+            store.read_on_this_thread(stored, box, out)  # as a reconstruction reads a block
             if round_:
                 times[codec].append((time.perf_counter() - t0, time.process_time() - c0))
     return {codec: (min(w for w, _ in t), min(c for _, c in t)) for codec, t in times.items()}
@@ -106,9 +109,7 @@ def main() -> int:
     import zarr
 
     from mediar3d.io import store
-    from mediar3d.reconstruct import DECODE_THREADS
 
-    store.limit_decode_threads(DECODE_THREADS)
     stores = make_frame(args.work, args.shape)
     if ORACLE.exists():  # bench_reconstruct's oracle field: sparse flows, prob 0 / 1
         stores["oracle field (bench_reconstruct)"] = ORACLE
@@ -135,7 +136,8 @@ def main() -> int:
         f"Data: one `mediar3d synth --preset zebrafish --seed 3 --shape {' '.join(map(str, args.shape))}` frame "
         "through resample, infer (shipped model, CPU) and fuse. Each array is rewritten with the same chunks "
         f"((4|3,) 64^3) in each codec; read = the block {BLOCK} at the origin (all channels), best of "
-        f"{args.repeat} rounds reading the codecs in turn, zarr decoding on {DECODE_THREADS} thread(s).",
+        f"{args.repeat} rounds reading the codecs in turn, decoded on the reading thread as a reconstruction "
+        "does (`store.read_on_this_thread`).",
         "",
         "| array | codec | size MiB (vs Zstd) | write s (one write) | read block s wall / CPU (best) |",
         "|---|---|---:|---:|---:|",

@@ -9,10 +9,10 @@ in-memory `masks_from_field`). Each method runs in its own subprocess, so its pe
 (VmHWM, imports included) is its own; times exclude imports, loading and a warm-up on a small
 field (numba / torch start-up). The 2-vs-1-worker ratio comes from one more subprocess that runs
 1 and 2 workers alternately (2 x --repeat pairs after a warm-up pair), so that the load of this
-shared machine falls on both alike. Every mediar3d run decodes zarr chunks on the threads `mediar3d
-reconstruct` allows (`reconstruct.DECODE_THREADS`) and reuses its block-read buffers from one call to
-the next, as a process reconstructing frame after frame does (`blockread.READ_BUFFERS`); the
-warm-up call allocates them. Reported: seconds (best of --repeat), time ratios, AP@0.5 agreement
+shared machine falls on both alike. Every mediar3d run decodes the zarr chunks on its worker threads
+(`store.read_on_this_thread`), so n workers use n cores, reading included, and reuses its block-read
+buffers from one call to the next, as a process reconstructing frame after frame does
+(`blockread.READ_BUFFERS`); the warm-up call allocates them. Reported: seconds (best of --repeat), time ratios, AP@0.5 agreement
 of the outputs (`mediar3d.evaluate.evaluate_frame`, Cellpose as reference) and against the labels.
 Writes bench/results/bench_reconstruct.md.
 
@@ -156,7 +156,6 @@ def run_mediar3d(folder: Path, repeat: int, mode: str, workers: int) -> tuple[np
     from mediar3d.reconstruct import masks_from_field
 
     numba.set_num_threads(workers)
-    limit_decode_threads()
 
     def once(field):
         if mode == "single":
@@ -168,20 +167,11 @@ def run_mediar3d(folder: Path, repeat: int, mode: str, workers: int) -> tuple[np
     return best_wall_cpu(lambda: once(field), repeat)
 
 
-def limit_decode_threads() -> None:
-    """zarr's decoding threads as `mediar3d reconstruct` sets them (before any zarr I/O)."""
-    from mediar3d.io import store
-    from mediar3d.reconstruct import DECODE_THREADS
-
-    store.limit_decode_threads(DECODE_THREADS)
-
-
 def run_worker_pairs(folder: Path, repeat: int) -> dict:
     """Wall seconds of `repeat` alternating runs of masks_from_field_dask with 1 and 2 workers (numba
     threads = workers) on the zarr field, in this one process: {"1": [...], "2": [...]}."""
     from mediar3d.io import store
 
-    limit_decode_threads()
     field = store.open_array(folder / "field.zarr")
     times: dict[str, list[float]] = {"1": [], "2": []}
     for rep in range(1 + repeat):  # pair 0 warms up at full size (the first runs are slower)
@@ -209,7 +199,6 @@ def task_cpu_times(folder: Path) -> dict:
     step, prob_threshold = defaults["step"].default, defaults["prob_threshold"].default
     max_size_fraction = defaults["max_size_fraction"].default
     numba.set_num_threads(1)
-    limit_decode_threads()
     field = store.open_array(folder / "field.zarr")
     shape = field.shape[1:]
     niter = default_niter(DIAMETER)

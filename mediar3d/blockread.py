@@ -2,8 +2,8 @@
 
 A volume (z, y, x) is tiled into blocks (`block_boxes`); each block is read with a halo of voxels
 around it (`haloed_box`) into float32 (4, z, y, x) arrays. `BlockReader` reads the blocks of a
-threaded run once each, on one background thread, in chunk-aligned pieces, and hands every block
-out in slabs (`split_box`) to the map tasks; `ReadBuffers` keeps the read buffers for the next
+threaded run once each, in chunk-aligned pieces read by the map tasks that need them, and hands
+every block out in slabs (`split_box`) to those tasks; `ReadBuffers` keeps the read buffers for the next
 block and the next run of the process.
 """
 
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import zarr
+
+from mediar3d.io import store
 
 #: piece length of block reads along an unchunked (numpy) field's split axis
 CHUNK_PIECE = 64
@@ -28,13 +29,12 @@ def block_boxes(shape: Sequence[int], block: Sequence[int]) -> list[tuple[slice,
 
 
 def read_into(field, box: tuple[slice, ...], out: np.ndarray) -> np.ndarray:
-    """Copy field[:, box] into `out` (4, z, y, x) float32 without a temporary where the source
-    allows it (zarr float32 decodes straight into `out`, numpy copies from a view)."""
+    """Copy field[:, box] into `out` (4, z, y, x) float32 on the calling thread, without a temporary
+    where the source allows it (zarr float32 decodes straight into `out`, `store.read_on_this_thread`;
+    numpy copies from a view)."""
     key = (slice(None),) + box
     if isinstance(field, zarr.Array) and field.dtype == np.float32:
-        from zarr.core.buffer.cpu import NDBuffer
-
-        field.get_basic_selection(key, out=NDBuffer.from_numpy_array(out))
+        store.read_on_this_thread(field, key, out)
     else:
         np.copyto(out, np.asarray(field[key]), casting="same_kind")
     return out
@@ -116,8 +116,8 @@ class ReadBuffers:
             return sum(b.nbytes for b in self._free)
 
 
-#: block-read buffers shared by this process's threaded reconstructions: a run holds at most three at
-#: once (one block read ahead while the workers finish two), 204 MB each at the default block and halo
+#: block-read buffers shared by this process's threaded reconstructions: a run holds one per block its
+#: running tasks follow (at most one per worker, mostly one or two), 204 MB each at the default block and halo
 READ_BUFFERS = ReadBuffers(keep=3)
 
 
@@ -126,23 +126,54 @@ def release_read_buffers() -> None:
     READ_BUFFERS.clear()
 
 
+class _Piece:
+    """One chunk-aligned piece of a block read, read by the first task that needs it (`claim`, then
+    `read`) and waited for by the others (`wait`)."""
+
+    def __init__(self, field, box: tuple[slice, ...], out: np.ndarray):
+        self._field, self._box, self._out = field, box, out
+        self._claimed = False
+        self._lock = threading.Lock()
+        self._read = threading.Event()
+        self._error: BaseException | None = None
+
+    def claim(self) -> bool:
+        """True for the first caller only: that caller must `read` the piece."""
+        with self._lock:
+            claimed, self._claimed = self._claimed, True
+        return not claimed
+
+    def read(self) -> None:
+        try:
+            read_into(self._field, self._box, self._out)
+        except BaseException as err:  # the waiting tasks fail with the same error
+            self._error = err
+            raise
+        finally:
+            self._read.set()
+
+    def wait(self) -> None:
+        self._read.wait()
+        if self._error is not None:
+            raise RuntimeError(f"reading the field's box {self._box} failed") from self._error
+
+
 class BlockReader:
     """Hands out the blocks of a field in block order as map-task inputs for dask's threaded
     scheduler (one process): `take()` -> (own box, haloed box, data (4, z, y, x) float32 of the haloed
     box, read index); the task calls `done(read index)` when it no longer needs the data.
 
-    Each block is read once, on one background thread, `ahead` blocks ahead of the tasks (0: read
-    when a task asks, i.e. no overlap), so that reading and decoding (serial in zarr) overlaps the
-    flow following of the other workers. Its own box is handed out in `parts` slabs along its longest
-    axis that share the read data; the read itself is done in chunk-aligned pieces along that axis and
-    a part waits only for the pieces its voxels' paths can reach (its slab +- halo), so the workers
-    start before the first block is read whole and finish close together. A block's buffer goes
-    back to `buffers` (default `READ_BUFFERS`) once every part of it is done, for the next block or
-    the next run. Holds at most `ahead` blocks besides those the running tasks use."""
+    Each block is read once, by the tasks themselves (no thread besides the workers, so a run with
+    n workers keeps n cores busy, reading included). Its own box is handed out in `parts` slabs along
+    its longest axis that share the read data; the read is cut into chunk-aligned pieces along that
+    axis, and a part reads the pieces its voxels' paths can reach (its slab +- halo) that no other task
+    has claimed yet, then waits for the rest, so the reading of a block is shared by the workers that
+    start on it. A block's buffer goes back to `buffers` (default `READ_BUFFERS`) once every part of it
+    is done, for the next block or the next run. Holds the blocks of the running tasks only."""
 
-    def __init__(self, field, owns: Sequence[tuple[slice, ...]], halo: int, shape: Sequence[int], ahead: int = 1,
-                 parts: int = 1, buffers: ReadBuffers | None = None):
-        self._field, self._ahead = field, max(0, int(ahead))
+    def __init__(self, field, owns: Sequence[tuple[slice, ...]], halo: int, shape: Sequence[int], parts: int = 1,
+                 buffers: ReadBuffers | None = None):
+        self._field = field
         self._pool = READ_BUFFERS if buffers is None else buffers
         self._reads = [haloed_box(own, halo, shape) for own in owns]
         self._pieces, self._parts = [], []  # per read: piece boxes; per part: (own, read index, pieces needed)
@@ -158,51 +189,49 @@ class BlockReader:
         self._size = max(4 * math.prod(s.stop - s.start for s in box) for box in self._reads)
         self._buffers: dict[int, np.ndarray] = {}  # read index -> its buffer, while in use
         self._data: dict[int, np.ndarray] = {}  # read index -> (4, z, y, x) view of its buffer
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="mediar3d-read")
-        self._futures: dict[int, list] = {}  # read index -> piece Futures, until its last part is handed out
-        self._submitted = 0
+        self._started: dict[int, list[_Piece]] = {}  # read index -> its pieces, until its last part is handed out
         self._next = 0
+        self._closed = False
         self._lock = threading.Lock()
-        with self._lock:  # start reading before the first task asks
-            self._submit_through(min(self._ahead, len(self._reads) - 1))
 
     @property
     def n_tasks(self) -> int:
         """Number of parts handed out in all (one map task each)."""
         return len(self._parts)
 
-    def _submit_through(self, last: int) -> None:
-        """Submit the reads up to index `last` not yet submitted (call with the lock held)."""
-        while self._submitted <= last:
-            self._submit(self._submitted)
-            self._submitted += 1
-
-    def _submit(self, i: int) -> None:
+    def _start(self, i: int) -> None:
+        """Buffer and pieces of read `i` (call with the lock held)."""
         box = self._reads[i]
         shape = (4,) + tuple(s.stop - s.start for s in box)
         buffer = self._pool.get(self._size)
         self._buffers[i] = buffer
         self._data[i] = data = buffer[:math.prod(shape)].reshape(shape)
         origin = [s.start for s in box]
-        self._futures[i] = [
-            self._reader.submit(read_into, self._field, piece,
-                              data[(slice(None),) + tuple(slice(p.start - o, p.stop - o) for p, o in zip(piece, origin))])
+        self._started[i] = [
+            _Piece(self._field, piece,
+                   data[(slice(None),) + tuple(slice(p.start - o, p.stop - o) for p, o in zip(piece, origin))])
             for piece in self._pieces[i]]
 
     def take(self) -> tuple[tuple[slice, ...], tuple[slice, ...], np.ndarray, int]:
         """(own box of the part, haloed box of its block, block data, read index) of the next part; the
-        data is complete wherever the part's flow paths can go."""
+        data is complete wherever the part's flow paths can go (read here or by another task)."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the block reader is closed")
             if self._next >= len(self._parts):
                 raise RuntimeError("every block has been taken already")
             own, i, need = self._parts[self._next]
             self._next += 1
-            self._submit_through(min(i + self._ahead, len(self._reads) - 1))
+            if i not in self._started:
+                self._start(i)
             last_part = self._next == len(self._parts) or self._parts[self._next][1] != i
-            futures = self._futures.pop(i) if last_part else self._futures[i]
+            pieces = self._started.pop(i) if last_part else self._started[i]
             data = self._data.pop(i) if last_part else self._data[i]
         for k in need:
-            futures[k].result()
+            if pieces[k].claim():
+                pieces[k].read()
+        for k in need:
+            pieces[k].wait()
         return own, self._reads[i], data, i
 
     def done(self, i: int) -> None:
@@ -214,8 +243,9 @@ class BlockReader:
                 self._pool.put(buffer)
 
     def close(self) -> None:
-        """Stop reading; the buffers of blocks with parts not done (a failed run) are dropped."""
-        self._reader.shutdown(wait=True, cancel_futures=True)
-        self._futures.clear()
-        self._buffers.clear()
-        self._data.clear()
+        """No more parts; the buffers of blocks with parts not done (a failed run) are dropped."""
+        with self._lock:
+            self._closed = True
+            self._started.clear()
+            self._buffers.clear()
+            self._data.clear()

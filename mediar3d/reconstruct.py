@@ -54,9 +54,6 @@ DEFAULT_BLOCK = (128, 256, 256)
 #: map tasks per block and worker with the threaded scheduler (`BlockReader` parts): more, shorter
 #: tasks leave less idle time at the end
 PARTS_PER_WORKER = 2
-#: zarr decoding threads for a reconstruction (`store.limit_decode_threads`): one reader thread reads
-#: one piece at a time, and more decoding threads only take cores from the flow following
-DECODE_THREADS = 1
 
 
 @dataclass
@@ -731,10 +728,10 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
 
     halo: voxels read around each block (default and minimum: flow_halo(niter, step)). scheduler:
     None / "threads" (dask threads, `workers` of them, default all cores), "sync", a
-    dask.distributed Client or a scheduler address. Each task uses one numba thread; with threads a
-    reader thread reads the blocks (one ahead when workers > 1) and each block is followed by
-    PARTS_PER_WORKER x workers tasks, one slab of it each (`BlockReader`); the labels do not depend on
-    which task followed which voxels. out: optional
+    dask.distributed Client or a scheduler address. Each task uses one numba thread; with threads each
+    block is followed by PARTS_PER_WORKER x workers tasks, one slab of it each, which read the block
+    once between them (`BlockReader`), so `workers` threads do all the work; the labels do not depend
+    on which task followed or read which voxels. out: optional
     zarr array (Z, Y, X) the labels are also written to."""
     shape = _check_field(field)
     niter, min_size = _resolve(diameter_px, niter, min_size, 3 if shape[0] > 1 else 2)
@@ -750,9 +747,8 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
 
     boxes = block_boxes(shape, block)
     threaded = scheduler is None or scheduler in ("threads", "threading")
-    reader = BlockReader(field, boxes, halo, shape, ahead=int(workers > 1),
-                         parts=PARTS_PER_WORKER * workers) if threaded else None
-    try:  # the reader has started reading: close it whatever happens
+    reader = BlockReader(field, boxes, halo, shape, parts=PARTS_PER_WORKER * workers) if threaded else None
+    try:  # close the reader whatever happens: a failed run's buffers are not reused
         run = uuid.uuid4().hex
         if reader is None and dask.is_dask_collection(field):
             field = _Sliced(field)
@@ -761,8 +757,7 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
                                            dask_key_name=f"reconstruct-block-{run}-{i:06d}")
                  for i, own in enumerate([None] * reader.n_tasks if reader else boxes)]
         log.info("reconstruct: %d blocks of %s, halo %d, %d workers%s", len(boxes), block, halo, workers,
-                 f", read on a reader thread ({int(workers > 1)} ahead), {PARTS_PER_WORKER * workers} tasks"
-                 " per block" if reader else "")
+                 f", {PARTS_PER_WORKER * workers} tasks per block reading it between them" if reader else "")
         results = _compute(tasks, scheduler, workers)
     finally:
         if reader is not None:

@@ -34,7 +34,7 @@ def test_block_reader_reads_each_block_once_in_parts_and_reuses_buffers(spheres)
     owns = block_boxes(SHAPE, (24, 48, 48))
     halo = 6
     pool = ReadBuffers(keep=2)
-    reader = BlockReader(field, owns, halo, SHAPE, ahead=0, parts=3, buffers=pool)
+    reader = BlockReader(field, owns, halo, SHAPE, parts=3, buffers=pool)
     try:
         assert reader.n_tasks == 3 * len(owns)
         covered = np.zeros(SHAPE, np.int32)
@@ -47,7 +47,7 @@ def test_block_reader_reads_each_block_once_in_parts_and_reuses_buffers(spheres)
             buffers.append(data)
             reader.done(index)
         assert (covered == 1).all()  # the parts tile the volume exactly
-        # each block's buffer is free again after its 3 parts: with ahead 0 one buffer serves every block
+        # each block's buffer is free again after its 3 parts: taken one by one, one buffer serves every block
         assert all(np.shares_memory(b, buffers[0]) for b in buffers)
         with pytest.raises(RuntimeError, match="taken already"):
             reader.take()
@@ -96,35 +96,96 @@ def test_a_second_run_reuses_the_read_buffers_of_the_first(spheres, monkeypatch)
     assert blockread.READ_BUFFERS.nbytes == 0
 
 
-def test_block_reader_part_waits_only_for_the_pieces_its_paths_reach(spheres):
-    """The read is split at chunk boundaries along the split axis; the first part starts while
-    pieces beyond its slab + halo are still being read."""
+def test_block_reader_part_reads_only_the_pieces_its_paths_reach(spheres):
+    """The read is split at chunk boundaries along the split axis; the first part reads the pieces
+    of its slab + halo, on the calling thread, and leaves the others to later parts."""
     import threading
 
-    release = threading.Event()
     requested = []
 
-    class SlowField:
+    class RecordingField:
         shape, chunks = spheres[1].shape, (4, 16, 16, 16)
 
         def __getitem__(self, key):
-            requested.append((key[2].start, key[2].stop))
-            if key[2].start >= 48:  # pieces the first part does not need
-                assert release.wait(10)
+            requested.append((key[2].start, key[2].stop, threading.get_ident()))
             return spheres[1][key]
 
-    reader = BlockReader(SlowField(), [(slice(0, 48), slice(0, 96), slice(0, 96))], 6, SHAPE, ahead=0, parts=3)
+    reader = BlockReader(RecordingField(), [(slice(0, 48), slice(0, 96), slice(0, 96))], 6, SHAPE, parts=3)
     try:
-        own, box, data, index = reader.take()  # returns although the last pieces are blocked
-        assert own[1] == slice(0, 32) and not release.is_set()
-        assert np.array_equal(data[:, :, :38], spheres[1][:, :, :38])  # y 0:32 + halo 6 is read
-        release.set()
+        own, box, data, index = reader.take()
+        assert own[1] == slice(0, 32)
+        assert [r[:2] for r in requested] == [(0, 16), (16, 32), (32, 48)]  # y 0:32 + halo 6, nothing beyond
+        assert np.array_equal(data[:, :, :38], spheres[1][:, :, :38])
         for _ in range(reader.n_tasks - 1):
             reader.take()
         assert np.array_equal(data, spheres[1])
-        assert sorted(requested) == [(a, a + 16) for a in range(0, 96, 16)]  # chunk-aligned, each once
+        assert sorted(r[:2] for r in requested) == [(a, a + 16) for a in range(0, 96, 16)]  # chunk-aligned, each once
+        assert {r[2] for r in requested} == {threading.get_ident()}  # no reader thread
+    finally:
+        reader.close()
+
+
+def test_concurrent_parts_share_the_reads_and_wait_for_pieces_another_part_reads(spheres):
+    """Two tasks take parts of one block at once: each piece is read once, by the task that claimed
+    it, and a part that needs a piece the other task is still reading waits until it is in."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    slow_started, release = threading.Event(), threading.Event()
+    reads = []  # (piece start (y), reading thread)
+
+    class SlowSecondPiece:
+        shape, chunks = spheres[1].shape, (4, 16, 16, 16)
+
+        def __getitem__(self, key):
+            reads.append((key[2].start, threading.get_ident()))
+            if key[2].start == 16:
+                slow_started.set()
+                assert release.wait(10)
+            return spheres[1][key]
+
+    # parts y 0:32 (needs pieces 0, 16, 32), 32:64 (16..64), 64:96 (48..80) with halo 6
+    reader = BlockReader(SlowSecondPiece(), [(slice(0, 48), slice(0, 96), slice(0, 96))], 6, SHAPE, parts=3)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(reader.take)  # reads piece 0, then blocks in piece 16
+            assert slow_started.wait(10)
+            second = pool.submit(reader.take)  # piece 16 is claimed: reads 32, 48, 64, then waits for 16
+            with pytest.raises(TimeoutError):
+                second.result(timeout=0.5)
+            assert {32, 48, 64} <= {start for start, _ in reads}
+            release.set()
+            data = first.result(10)[2]
+            second.result(10)
+        reader.take()  # the last part reads the last piece
+        assert np.array_equal(data, spheres[1])
+        assert sorted(start for start, _ in reads) == list(range(0, 96, 16))  # each piece read once
+        readers = dict(reads)
+        first_thread, second_thread = readers[0], readers[32]
+        assert first_thread != second_thread
+        assert readers[16] == first_thread and readers[48] == readers[64] == second_thread
     finally:
         release.set()
+        reader.close()
+
+
+def test_a_failed_piece_read_fails_every_part_that_needs_it(spheres):
+    class Broken:
+        shape, chunks = spheres[1].shape, (4, 16, 16, 16)
+
+        def __getitem__(self, key):
+            if key[2].start == 32:
+                raise OSError("chunk file truncated")
+            return spheres[1][key]
+
+    reader = BlockReader(Broken(), [(slice(0, 48), slice(0, 96), slice(0, 96))], 6, SHAPE, parts=3)
+    try:
+        with pytest.raises(OSError, match="truncated"):
+            reader.take()  # the part that claimed the piece gets the error itself
+        with pytest.raises(RuntimeError, match="reading the field") as err:
+            reader.take()  # a later part that needs it is told so too, never given stale data
+        assert isinstance(err.value.__cause__, OSError)
+    finally:
         reader.close()
 
 
@@ -132,7 +193,7 @@ def test_a_task_finishing_after_close_gives_no_buffer_back(spheres):
     """A failed run closes the reader while other tasks may still use their block's data: their
     done() must neither fail nor hand that buffer out again."""
     pool = ReadBuffers(keep=2)
-    reader = BlockReader(spheres[1], block_boxes(SHAPE, (48, 96, 96)), 6, SHAPE, ahead=0, parts=1, buffers=pool)
+    reader = BlockReader(spheres[1], block_boxes(SHAPE, (48, 96, 96)), 6, SHAPE, parts=1, buffers=pool)
     index = reader.take()[3]
     reader.close()
     reader.done(index)

@@ -69,7 +69,7 @@ def test_same_run_twice_is_bit_identical(spheres, single):
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_dask_blocks_equal_single_block(spheres, single, workers):
-    """1 worker reads inside its tasks; 2+ workers take blocks from the read-ahead BlockReader."""
+    """1 worker and 2+ workers take block parts from the BlockReader and read them between them."""
     block = (24, 32, 32)
     assert len(block_boxes(SHAPE, block)) >= 8
     blocked = masks_from_field_dask(spheres[1], block=block, diameter_px=DIAMETER, workers=workers)

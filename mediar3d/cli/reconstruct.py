@@ -50,13 +50,11 @@ def run(args: argparse.Namespace) -> int:
     import numba
 
     from mediar3d import reconstruct
-    from mediar3d.io import store
     from mediar3d.io.ctc import write_mask
     from mediar3d.resample import labels_to_original
 
     workers = args.workers or os.cpu_count() or 1
     numba.set_num_threads(max(1, min(int(workers), numba.config.NUMBA_NUM_THREADS)))
-    store.limit_decode_threads(reconstruct.DECODE_THREADS)
     array, attrs = reconstruct.open_method_input(args.input, args.method)
     labels_iso = reconstruct.reconstruct_method(
         array, attrs, args.method, prob_threshold=args.prob_threshold, diameter_px=args.diameter_px,
