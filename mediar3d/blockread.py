@@ -146,7 +146,7 @@ class _Piece:
     def read(self) -> None:
         try:
             read_into(self._field, self._box, self._out)
-        except BaseException as err:  # the waiting tasks fail with the same error
+        except BaseException as err:  # the tasks waiting for the piece fail with the same error
             self._error = err
             raise
         finally:
@@ -155,7 +155,7 @@ class _Piece:
     def wait(self) -> None:
         self._read.wait()
         if self._error is not None:
-            raise RuntimeError(f"reading the field's box {self._box} failed") from self._error
+            raise self._error
 
 
 class BlockReader:

@@ -230,6 +230,22 @@ def test_cli_rejects_a_field_of_the_wrong_shape(tmp_path, capsys):
     assert "bad.zarr" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cli_names_a_field_with_a_truncated_chunk(spheres, tmp_path, capsys, workers):
+    from mediar3d.cli import main
+    from mediar3d.io import store
+
+    store.write_array(tmp_path / "field.zarr", spheres[1])
+    chunk = next(p for p in sorted((tmp_path / "field.zarr" / "c").rglob("*")) if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    out = tmp_path / "m.tif"
+    assert main(["reconstruct", "--input", str(tmp_path / "field.zarr"), "--out", str(out), "--diameter-px",
+                 str(DIAMETER), "--workers", str(workers)]) == 1
+    err = capsys.readouterr().err
+    assert "field.zarr" in err and "truncated or corrupt" in err
+    assert not out.exists()
+
+
 def _reference_fill(labels: np.ndarray) -> np.ndarray:
     """The hole filling with scipy.ndimage.binary_fill_holes, per object box, in id order."""
     from scipy import ndimage

@@ -86,17 +86,31 @@ def read_on_this_thread(array: zarr.Array, selection: tuple[slice, ...], out: np
     from zarr.core.buffer.cpu import NDBuffer
     from zarr.storage import LocalStore, MemoryStore
 
-    if not isinstance(array.store, (LocalStore, MemoryStore)) or _loop_running():
-        array.get_basic_selection(selection, out=NDBuffer.from_numpy_array(out))
-        return out
-    loop = asyncio.new_event_loop()
-    loop.set_default_executor(_InlineExecutor())
     try:
-        loop.run_until_complete(array.async_array.get_orthogonal_selection(
-            selection, out=NDBuffer.from_numpy_array(out)))
-    finally:
-        loop.close()
+        if not isinstance(array.store, (LocalStore, MemoryStore)) or _loop_running():
+            array.get_basic_selection(selection, out=NDBuffer.from_numpy_array(out))
+            return out
+        loop = asyncio.new_event_loop()
+        loop.set_default_executor(_InlineExecutor())
+        try:
+            loop.run_until_complete(array.async_array.get_orthogonal_selection(
+                selection, out=NDBuffer.from_numpy_array(out)))
+        finally:
+            loop.close()
+    except Exception as err:
+        box = ", ".join(f"{s.start or 0}:{s.stop if s.stop is not None else n}" for s, n in zip(selection, array.shape))
+        raise InputError(_location(array), f"cannot read [{box}]: a chunk is unreadable, the store may be truncated or "
+                         f"corrupt ({type(err).__name__}: {err})") from err
     return out
+
+
+def _location(array: zarr.Array) -> str:
+    """The folder of an array in a local store, else its store path (for error messages)."""
+    from zarr.storage import LocalStore
+
+    if isinstance(array.store, LocalStore):
+        return str(Path(array.store.root) / array.path)
+    return str(array.store_path)
 
 
 def write_array(path: str | os.PathLike, array, chunks: Sequence[int] | None = None,
