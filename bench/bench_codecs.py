@@ -87,10 +87,12 @@ def read_block_times(folders: dict[str, Path], repeat: int) -> dict[str, tuple[f
 
     arrays = {codec: zarr.open_array(str(folder)) for codec, folder in folders.items()}
     times: dict[str, list[tuple[float, float]]] = {codec: [] for codec in arrays}
+    first = next(iter(arrays.values()))
+    box = (slice(None),) * (first.ndim - 3) + tuple(slice(0, min(b, s)) for b, s in zip(BLOCK, first.shape[-3:]))
+    # one buffer for all reads, as a reconstruction reuses its read buffers (fresh pages cost more here)
+    out = np.empty(tuple(len(range(*b.indices(n))) for b, n in zip(box, first.shape)), first.dtype)
     for round_ in range(repeat + 1):
         for codec, stored in arrays.items():
-            box = (slice(None),) * (stored.ndim - 3) + tuple(slice(0, min(b, s)) for b, s in zip(BLOCK, stored.shape[-3:]))
-            out = np.empty(tuple(len(range(*b.indices(n))) for b, n in zip(box, stored.shape)), stored.dtype)
             t0, c0 = time.perf_counter(), time.process_time()
             store.read_on_this_thread(stored, box, out)  # as a reconstruction reads a block
             if round_:

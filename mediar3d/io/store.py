@@ -25,10 +25,10 @@ from mediar3d.io.jsonable import to_jsonable
 CHUNK_EDGE = 64
 #: Codec of every intermediate: Blosc LZ4 without shuffle. Against zarr's default (Zstd level 0) on a
 #: 128x512x512 zebrafish frame, a reconstruction block of the fused field or the views reads with
-#: 1.9x less CPU; the dense float predictions then stay about their raw size (field 512 vs 471 MiB,
-#: views 382 vs 342 MiB) while empty background still compresses. With byte shuffle they would be
-#: ~10% smaller (462 / 324 MiB) but decode 6-11% slower, and 2-worker reconstruction is bound by
-#: that decoding (bench/results/bench_codecs.md, bench_reconstruct.md).
+#: 2.3-2.4x less CPU; the dense float predictions then stay about their raw size (field 512 vs 471
+#: MiB, views 382 vs 342 MiB) while empty background still compresses. With byte shuffle they would
+#: be ~10% smaller (462 / 324 MiB) but decode 15-18% slower, and reading is a quarter of a
+#: reconstruction's CPU time (bench/results/bench_codecs.md, bench_reconstruct.md).
 COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"),)
 
 
