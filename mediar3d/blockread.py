@@ -3,14 +3,15 @@
 A volume (z, y, x) is tiled into blocks (`block_boxes`); each block is read with a halo of voxels
 around it (`haloed_box`) into float32 (4, z, y, x) arrays. `BlockReader` reads the blocks of a
 threaded run once each, in chunk-aligned pieces read by the map tasks that need them, and hands
-every block out in slabs (`split_box`) to those tasks; `ReadBuffers` keeps the read buffers for the next
-block and the next run of the process.
+every block out in slabs (`split_box`) to those tasks; `ReadBuffers` keeps the read buffers for
+the next block and the next run of the process.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import Future
 from typing import Sequence
 
 import numpy as np
@@ -128,34 +129,27 @@ def release_read_buffers() -> None:
 
 class _Piece:
     """One chunk-aligned piece of a block read, read by the first task that needs it (`claim`, then
-    `read`) and waited for by the others (`wait`)."""
+    `read`) and waited for by the others (`wait`, which re-raises the reader's error)."""
 
     def __init__(self, field, box: tuple[slice, ...], out: np.ndarray):
         self._field, self._box, self._out = field, box, out
-        self._claimed = False
-        self._lock = threading.Lock()
-        self._read = threading.Event()
-        self._error: BaseException | None = None
+        self._claim = threading.Lock()  # taken once, for good, by the task that reads the piece
+        self._read: Future = Future()
 
     def claim(self) -> bool:
         """True for the first caller only: that caller must `read` the piece."""
-        with self._lock:
-            claimed, self._claimed = self._claimed, True
-        return not claimed
+        return self._claim.acquire(blocking=False)
 
     def read(self) -> None:
         try:
             read_into(self._field, self._box, self._out)
-        except BaseException as err:  # the tasks waiting for the piece fail with the same error
-            self._error = err
+        except BaseException as err:
+            self._read.set_exception(err)
             raise
-        finally:
-            self._read.set()
+        self._read.set_result(None)
 
     def wait(self) -> None:
-        self._read.wait()
-        if self._error is not None:
-            raise self._error
+        self._read.result()
 
 
 class BlockReader:

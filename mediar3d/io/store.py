@@ -98,7 +98,7 @@ def read_on_this_thread(array: zarr.Array, selection: tuple[slice, ...], out: np
         finally:
             loop.close()
     except Exception as err:
-        box = ", ".join(f"{s.start or 0}:{s.stop if s.stop is not None else n}" for s, n in zip(selection, array.shape))
+        box = ", ".join("%d:%d" % s.indices(n)[:2] for s, n in zip(selection, array.shape))
         raise InputError(_location(array), f"cannot read [{box}]: a chunk is unreadable, the store may be truncated or "
                          f"corrupt ({type(err).__name__}: {err})") from err
     return out
