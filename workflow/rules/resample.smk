@@ -17,8 +17,9 @@ rule resample:
     threads: RES["resample"]["threads"]
     resources:
         **resources_of("resample"),
+        gpu=GPUS,
     conda:
         ENV
     shell:
         "mediar3d resample --input {input.frame} --timepoint {params.timepoint} --out {output} {params.options}"
-        " > {log} 2>&1"
+        " --threads {threads} > {log} 2>&1"
