@@ -36,7 +36,7 @@ from bench_error_budget import load_case, synthetic_case  # noqa: E402
 VALIDATION = [("zebrafish", 1901, 4, (32, 128, 128)), ("zebrafish", 1902, 8, (32, 128, 128)),
               ("sparse", 1901, 2, (24, 128, 128)), ("celegans", 1901, 10, (16, 128, 128)),
               ("thin", 1901, 5, (6, 192, 192))]
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 #: minimum object size as a fraction of the volume of a ball of the training diameter
 MIN_FRACTIONS = (0.05, 0.1, 0.15, 0.25)
 
@@ -58,6 +58,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "mediar3d_default.pt")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "tune")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tune_postprocess.md")
+    parser.add_argument("--write", action="store_true",
+                        help="record the best threshold in the checkpoint's metadata (prob_threshold)")
     args = parser.parse_args()
     set_threads(2)
     import torch
@@ -87,6 +89,13 @@ def main() -> int:
              f"Best: threshold {best[0]}, minimum size fraction {best[1]} (SEG {grid.loc[best]:.4f}).", "",
              "Per case:", "", per_case.round(4).to_markdown(), ""]
     write_report(args.out, lines)
+    if args.write:
+        from mediar3d.model import update_checkpoint_meta
+
+        update_checkpoint_meta(args.model, {"prob_threshold": float(best[0]), "prob_threshold_calibration": {
+            "script": "bench/tune_postprocess.py", "validation": [f"{p} seed {s} anisotropy {a}" for p, s, a, _ in VALIDATION],
+            "seg": float(grid.loc[best]), "min_size_fraction": float(best[1])}})
+        print(f"recorded prob_threshold {best[0]} in {args.model}")
     return 0
 
 

@@ -241,10 +241,11 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
                   views: Sequence[str] = VIEWS, *, tile: int = 256, overlap: float = 0.25, batch: int = 8,
                   tta: bool = False, device: str | torch.device = "auto", threads: int | None = None,
                   slab_voxels: int = SLAB_VOXELS, model_name: str | None = None, progress: bool = True,
-                  flow_scale: float | None = None) -> Path:
+                  flow_scale: float | None = None, prob_threshold: float | None = None) -> Path:
     """The `infer` stage: iso.zarr (Z, Y, X) -> views.zarr group with float32 (3, Z, Y, X) arrays
     named by `views`, written atomically. `model` is a module or a checkpoint path; `flow_scale`
-    defaults to the checkpoint's (else mediar3d.model.FLOW_SCALE)."""
+    defaults to the checkpoint's (else mediar3d.model.FLOW_SCALE), `prob_threshold` (the model's
+    calibrated foreground threshold, recorded in the attrs for reconstruct) to the checkpoint's."""
     from mediar3d.io import store
 
     views = list(dict.fromkeys(views))
@@ -257,12 +258,15 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
         model_name = model_name or str(model)
         model, meta = load_model(model, device)
         flow_scale = flow_scale or meta.get("flow_scale")
+        prob_threshold = prob_threshold if prob_threshold is not None else meta.get("prob_threshold")
     flow_scale = float(flow_scale or FLOW_SCALE)
     model = model.to(device).eval()
     iso = store.open_array(iso_path)
     if iso.ndim != 3:
         raise InputError(iso_path, f"expected a (Z, Y, X) iso volume, got shape {iso.shape}")
     attrs = {**dict(iso.attrs), "model": str(model_name or type(model).__name__), "views": views}
+    if prob_threshold is not None:
+        attrs["prob_threshold"] = float(prob_threshold)
     with store.atomic_zarr(out_path) as tmp:
         group = _create_views_group(tmp, iso.shape, views, attrs)
         for view in views:

@@ -270,6 +270,19 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return payload
 
 
+def update_checkpoint_meta(path: str | os.PathLike, updates: Mapping[str, Any]) -> Path:
+    """Merge `updates` into a checkpoint's metadata in place (atomically; the weights are untouched),
+    e.g. the calibrated `prob_threshold` chosen on validation volumes."""
+    from mediar3d.io.atomic import atomic_path
+
+    payload = read_checkpoint(path)
+    payload["meta"] = {**payload["meta"], **to_jsonable(dict(updates))}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MediarNet, dict]:
     """(model in eval mode on `device`, float32 weights; metadata dict) from a checkpoint file."""
     payload = read_checkpoint(path, "cpu")

@@ -51,6 +51,11 @@ CONVERGED_MOVE = 1.0
 SEED_COUNT = 10
 GROW_ITERS = 6
 DEFAULT_BLOCK = (128, 256, 256)
+#: foreground threshold of a model that records no calibrated one (checkpoint meta `prob_threshold`)
+DEFAULT_PROB_THRESHOLD = 0.5
+#: smallest object kept by default, as a fraction of a ball of the object diameter (chosen for 3D SEG
+#: on the validation volumes with bench/tune_postprocess.py)
+MIN_SIZE_FRACTION = 0.15
 #: map tasks per block and worker with the threaded scheduler (`BlockReader` parts): more, shorter
 #: tasks leave less idle time at the end
 PARTS_PER_WORKER = 2
@@ -80,10 +85,23 @@ def default_niter(diameter_px: float | None) -> int:
 
 
 def default_min_size(diameter_px: float | None, ndim: int = 3) -> int:
-    """Smallest kept object: 5% of a ball (3D) or disk (2D) of `diameter_px`, at least 15 voxels."""
+    """Smallest kept object: MIN_SIZE_FRACTION of a ball (3D) or disk (2D) of `diameter_px`, at least
+    15 voxels."""
     r = 0.5 * (diameter_px or DEFAULT_DIAMETER_PX)
     volume = 4.0 / 3.0 * math.pi * r**3 if ndim == 3 else math.pi * r**2
-    return max(15, int(0.05 * volume))
+    return max(15, int(MIN_SIZE_FRACTION * volume))
+
+
+def resolve_prob_threshold(prob_threshold: float | None, attrs) -> float:
+    """The threshold given, else the one the model was calibrated with (`prob_threshold` in the
+    views' / field's attrs, from the checkpoint), else DEFAULT_PROB_THRESHOLD."""
+    if prob_threshold is not None:
+        value = float(prob_threshold)
+    else:
+        value = float((attrs or {}).get("prob_threshold") or DEFAULT_PROB_THRESHOLD)
+    if not 0.0 <= value <= 1.0:
+        raise InputError(None, f"probability threshold must lie in [0, 1], got {value}")
+    return value
 
 
 def flow_halo(niter: int, step: float = 1.0) -> int:
@@ -792,10 +810,13 @@ def open_method_input(path, method: str):
     return array, dict(array.attrs)
 
 
-def reconstruct_method(array, attrs, method: str, *, prob_threshold: float = 0.5, diameter_px: float | None = None,
-                       min_size: int | None = None, block=None, scheduler=None, workers: int | None = None) -> np.ndarray:
+def reconstruct_method(array, attrs, method: str, *, prob_threshold: float | None = None,
+                       diameter_px: float | None = None, min_size: int | None = None, block=None, scheduler=None,
+                       workers: int | None = None) -> np.ndarray:
     """uint32 labels on the iso grid from `open_method_input`'s (array, attrs). diameter_px defaults
-    to attrs["diameter_px"] (recorded when resample rescaled objects to the model's diameter)."""
+    to attrs["diameter_px"] (recorded when resample rescaled objects to the model's diameter),
+    prob_threshold to the model's calibrated one (`resolve_prob_threshold`)."""
+    prob_threshold = resolve_prob_threshold(prob_threshold, attrs)
     if diameter_px is None and attrs.get("diameter_px"):
         diameter_px = float(attrs["diameter_px"])
     if method == "mediar3d":
@@ -830,7 +851,7 @@ def method_probability(array, method: str):
     return None if method == "classical" else _Probability(array, method)
 
 
-def labels_on_original_grid(labels_iso: np.ndarray, array, attrs, method: str, prob_threshold: float = 0.5,
+def labels_on_original_grid(labels_iso: np.ndarray, array, attrs, method: str, prob_threshold: float | None = None,
                             boundary: str = "probability") -> np.ndarray:
     """Labels of a method (on the iso grid) mapped back to the frame's `original_shape` (attrs).
     `boundary`: "probability" decides the boundary at the original resolution from the method's
@@ -844,7 +865,7 @@ def labels_on_original_grid(labels_iso: np.ndarray, array, attrs, method: str, p
     prob = method_probability(array, method) if boundary == "probability" else None
     if prob is None and original == tuple(labels_iso.shape):
         return labels_iso
-    return labels_to_original(labels_iso, original, prob=prob, threshold=prob_threshold)
+    return labels_to_original(labels_iso, original, prob=prob, threshold=resolve_prob_threshold(prob_threshold, attrs))
 
 
 # ---------------------------------------------------------------------------------------------

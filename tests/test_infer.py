@@ -158,6 +158,10 @@ def test_predict_views_streams_slabs_to_zarr(tmp_path):
         assert [c.to_dict() for c in ga[view].compressors] == [c.to_dict() for c in store.open_array(
             tmp_path / "iso.zarr").compressors]  # the intermediates' codec (store.COMPRESSORS)
     assert ga.attrs["original_shape"] == [7, 18, 35] and "model" in ga.attrs
+    assert "prob_threshold" not in ga.attrs
+    calibrated = infer.predict_views(tmp_path / "iso.zarr", Gradient(), tmp_path / "c.zarr", device="cpu",
+                                     progress=False, prob_threshold=0.35)
+    assert zarr.open_group(str(calibrated)).attrs["prob_threshold"] == 0.35  # for reconstruct's default
 
 
 def test_xy_only_views(tmp_path):

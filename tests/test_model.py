@@ -152,3 +152,15 @@ def test_forward_cuda_autocast(model):
         y = net(torch.randn(2, 1, 64, 64, device="cuda"))
     assert y.shape == (2, 3, 64, 64)
     model.to("cpu")
+
+
+def test_checkpoint_meta_update_keeps_the_weights(tmp_path):
+    from mediar3d.model import build_model, load_checkpoint, save_checkpoint, update_checkpoint_meta
+
+    path = save_checkpoint(tmp_path / "m.pt", build_model("mit_b0"), {"train_diameter_px": 14.0})
+    before, _ = load_checkpoint(path)
+    update_checkpoint_meta(path, {"prob_threshold": 0.35})
+    after, meta = load_checkpoint(path)
+    assert meta["prob_threshold"] == 0.35 and meta["train_diameter_px"] == 14.0
+    for (k, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()):
+        assert torch.equal(a, b), k

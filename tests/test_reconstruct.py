@@ -349,14 +349,14 @@ def test_flow_threshold_drops_masks_whose_flows_disagree():
     labels = jittered_balls((1, 128, 128), 20, 7.0, jitter=2.0, seed=1)[0]
     flows = labels_to_flows_2d(labels)
     prob = (labels > 0).astype(np.float32)
-    clean = masks_from_flows_2d(flows, prob, diameter_px=14, flow_threshold=0.4)
+    clean = masks_from_flows_2d(flows, prob, diameter_px=14, min_size=15, flow_threshold=0.4)
     assert clean.max() == labels.max() and flow_errors(clean, flows).max() < 0.05
     scrambled = flows.copy()
     inside = labels == 5
     angle = np.random.default_rng(0).uniform(0, 2 * np.pi, int(inside.sum()))
     scrambled[0][inside], scrambled[1][inside] = np.sin(angle), np.cos(angle)
-    unchecked = masks_from_flows_2d(scrambled, prob, diameter_px=14)
-    checked = masks_from_flows_2d(scrambled, prob, diameter_px=14, flow_threshold=0.4)
+    unchecked = masks_from_flows_2d(scrambled, prob, diameter_px=14, min_size=15)
+    checked = masks_from_flows_2d(scrambled, prob, diameter_px=14, min_size=15, flow_threshold=0.4)
     assert unchecked.max() > labels.max()  # the scrambled object splits
     assert checked.max() == labels.max() - 1 and not checked[inside].any()
     others = ~inside & (labels > 0)
@@ -403,3 +403,13 @@ def test_labels_on_original_grid_per_method_and_boundary(spheres, single):
     assert np.array_equal(via_logit, labels_to_original(single, (24, 96, 96), prob=1 / (1 + np.exp(-xy[2]))))
     with pytest.raises(InputError, match="boundary"):
         labels_on_original_grid(single, field, attrs, "mediar3d", boundary="smooth")
+
+
+def test_probability_threshold_given_else_the_models_calibrated_one():
+    from mediar3d.reconstruct import DEFAULT_PROB_THRESHOLD, resolve_prob_threshold
+
+    assert resolve_prob_threshold(0.6, {"prob_threshold": 0.35}) == 0.6
+    assert resolve_prob_threshold(None, {"prob_threshold": 0.35}) == 0.35
+    assert resolve_prob_threshold(None, {}) == DEFAULT_PROB_THRESHOLD
+    with pytest.raises(InputError):
+        resolve_prob_threshold(1.5, {})

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="field.zarr (mediar3d), views.zarr (xy-stitch) or iso.zarr (classical)")
     parser.add_argument("--out", required=True, type=Path, metavar="MASK.tif", help="output CTC mask (uint16 TIFF)")
     parser.add_argument("--method", choices=METHODS, default="mediar3d", help="reconstruction method (default mediar3d)")
-    parser.add_argument("--prob-threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
+    parser.add_argument("--prob-threshold", type=float, default=None,
+                        help="foreground probability threshold (default: the model's calibrated one recorded by "
+                        "infer, else 0.5)")
     parser.add_argument("--min-size", type=int, default=None, metavar="N",
                         help="drop objects below N voxels of the iso grid (default: from --diameter-px)")
     parser.add_argument("--diameter-px", type=float, default=None, metavar="D",

@@ -122,7 +122,7 @@ def segment_volume(volume, voxel_size: Sequence[float], workdir: Path, *, method
 
         views = ["xy"] if method == "xy-stitch" else ["xy", "xz", "yz"]
         predict_views(iso, model, workdir / "views.zarr", views, device=device, tta=tta, progress=progress,
-                      flow_scale=meta.get("flow_scale"))
+                      flow_scale=meta.get("flow_scale"), prob_threshold=meta.get("prob_threshold"))
         stage_input = workdir / "views.zarr"
     if method == "mediar3d":
         from mediar3d.fuse import fuse_zarr

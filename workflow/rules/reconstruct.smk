@@ -12,9 +12,9 @@ rule reconstruct:
         MASK,
     params:
         method=METHOD,
-        prob_threshold=RECONSTRUCT["prob_threshold"],
         boundary=RECONSTRUCT["boundary"],
-        options=" ".join(filter(None, [option("--min-size", RECONSTRUCT["min_size"]),
+        options=" ".join(filter(None, [option("--prob-threshold", RECONSTRUCT["prob_threshold"]),
+                                       option("--min-size", RECONSTRUCT["min_size"]),
                                        option("--diameter-px", RECONSTRUCT["diameter_px"]),
                                        option("--block", RECONSTRUCT["block"])])),
     log:
@@ -28,4 +28,4 @@ rule reconstruct:
         ENV
     shell:
         "mediar3d reconstruct --input {input} --out {output} --method {params.method}"
-        " --prob-threshold {params.prob_threshold} --boundary {params.boundary} {params.options} --workers {threads} > {log} 2>&1"
+        " --boundary {params.boundary} {params.options} --workers {threads} > {log} 2>&1"
