@@ -142,7 +142,9 @@ STAGE2="$WORK/stage2.pt"
 common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 --max-slices-per-view 24
         --seed 0 --threads 2 --no-progress)
 
-if [ "${FROM_STAGE:-1}" -le 2 ]; then
+if [ "${FROM_STAGE:-1}" -ge 4 ]; then
+  :  # stages 1-3 are skipped: stage 4 starts from the stage-3 weights in git history
+elif [ "${FROM_STAGE:-1}" -le 2 ]; then
   for seed in $(seq 2000 2020) 2900; do
     frames=2; [ "$seed" = 2000 ] && frames=1
     [ -f "$WORK/data/b$seed/dataset.json" ] || "$PY" "$GEN" data "$WORK/data/b$seed" "$seed" "$frames"
@@ -161,25 +163,55 @@ else
 fi
 
 # stage 3: the synthetic presets, several anisotropies, starting from stage 2
-S3="$WORK/presets"
-synth() { # preset seed anisotropy z y x -> prints the dataset folder (z at the preset's anisotropy: synth
-          # rescales it to keep the physical depth, e.g. zebrafish 64 at anisotropy 2 -> 128 planes)
-  local d="$S3/$1-$2-a$3"
+if [ "${FROM_STAGE:-1}" -le 3 ]; then
+  S3="$WORK/presets"
+  synth() { # preset seed anisotropy z y x -> prints the dataset folder (z at the preset's anisotropy: synth
+            # rescales it to keep the physical depth, e.g. zebrafish 64 at anisotropy 2 -> 128 planes)
+    local d="$S3/$1-$2-a$3"
+    [ -f "$d/dataset.json" ] || "$PY" -m mediar3d synth --preset "$1" --seed "$2" --anisotropy "$3" \
+      --shape "$4" "$5" "$6" --frames 2 --out "$d" >/dev/null
+    printf '%s ' "$d"
+  }
+  stage3_data=""
+  for s in 1000 1001 1002 1003; do stage3_data+=$(synth zebrafish $s 4 32 256 256); done
+  for s in 1004 1005; do stage3_data+=$(synth zebrafish $s 2 64 256 256); done
+  for s in 1006 1007; do stage3_data+=$(synth zebrafish $s 6 22 256 256); done
+  for s in 1000 1001 1002; do stage3_data+=$(synth celegans $s 10 16 256 256); done
+  for s in 1003 1004; do stage3_data+=$(synth celegans $s 4 40 256 256); done
+  for s in 1000 1001 1002 1003; do stage3_data+=$(synth sparse $s 2 24 128 128); done
+  val3=$(synth zebrafish 1900 4 32 256 256)
+  "$PY" -m mediar3d train --data $stage3_data --val-data $val3 --out "$WORK/mediar3d_default.pt" --init "$STAGE2" \
+    --epochs 55 --steps-per-epoch 200 --lr 3e-4 --val-slices-per-view 8 --cache "$WORK/cache3" "${common[@]}"
+fi
+
+# stage 4: annotated GT (objects as far as their blurred image reaches, as human annotators draw them),
+# randomized optics (PSF width and axial elongation, brightness spread, background, noise), thin stacks,
+# starting from stage 3 (shipped as models/mediar3d_default.pt until the commit that added stage 4)
+STAGE3="$WORK/mediar3d_default.pt"
+if [ "${FROM_STAGE:-1}" -ge 4 ]; then
+  git show "${STAGE3_COMMIT:-d6acb62}":models/mediar3d_default.pt > "$STAGE3"
+fi
+S4="$WORK/stage4"
+synth4() { # preset seed anisotropy z y x [--randomize]
+  local d="$S4/$1-$2-a$3${7:+-r}"
   [ -f "$d/dataset.json" ] || "$PY" -m mediar3d synth --preset "$1" --seed "$2" --anisotropy "$3" \
-    --shape "$4" "$5" "$6" --frames 2 --out "$d" >/dev/null
+    --shape "$4" "$5" "$6" --frames 1 ${7:-} --out "$d" >/dev/null
   printf '%s ' "$d"
 }
-stage3_data=""
-for s in 1000 1001 1002 1003; do stage3_data+=$(synth zebrafish $s 4 32 256 256); done
-for s in 1004 1005; do stage3_data+=$(synth zebrafish $s 2 64 256 256); done
-for s in 1006 1007; do stage3_data+=$(synth zebrafish $s 6 22 256 256); done
-for s in 1000 1001 1002; do stage3_data+=$(synth celegans $s 10 16 256 256); done
-for s in 1003 1004; do stage3_data+=$(synth celegans $s 4 40 256 256); done
-for s in 1000 1001 1002 1003; do stage3_data+=$(synth sparse $s 2 24 128 128); done
-val3=$(synth zebrafish 1900 4 32 256 256)
-"$PY" -m mediar3d train --data $stage3_data --val-data $val3 --out "$WORK/mediar3d_default.pt" --init "$STAGE2" \
-  --epochs 55 --steps-per-epoch 200 --lr 3e-4 --val-slices-per-view 8 --cache "$WORK/cache3" "${common[@]}"
+stage4_data=""
+i=0; for a in 2 3 4 4 5 6 8 8; do stage4_data+=$(synth4 zebrafish $((1010 + i)) $a 32 256 256 --randomize); i=$((i + 1)); done
+i=0; for a in 4 6 8 10; do stage4_data+=$(synth4 celegans $((1010 + i)) $a 16 256 256 --randomize); i=$((i + 1)); done
+i=0; for a in 1 2 2 3 4 2; do stage4_data+=$(synth4 sparse $((1010 + i)) $a 24 128 128 --randomize); i=$((i + 1)); done
+i=0; for z in 5 6 6 8; do stage4_data+=$(synth4 thin $((1010 + i)) 5 $z 256 256 --randomize); i=$((i + 1)); done
+stage4_data+=$(synth4 zebrafish 1020 4 32 256 256)$(synth4 celegans 1020 10 16 256 256)
+stage4_data+=$(synth4 sparse 1020 2 24 128 128)$(synth4 thin 1020 5 6 256 256)
+val4="$(synth4 zebrafish 1900 4 32 256 256)$(synth4 thin 1900 5 6 256 256)$(synth4 sparse 1900 2 24 128 128)"
+"$PY" -m mediar3d train --data $stage4_data --val-data $val4 --out "$WORK/stage4.pt" --init "$STAGE3" \
+  --epochs ${STAGE4_EPOCHS:-12} --steps-per-epoch 150 --lr 2e-4 --val-slices-per-view 8 --cache "$WORK/cache4" \
+  "${common[@]}"
 
-# the checkpoint goes to models/; the training state, logs and loss curve stay in $WORK/mediar3d_default_train/
-cp "$WORK/mediar3d_default.pt" "$OUT"
-echo "wrote $OUT (logs: $WORK/mediar3d_default_train/)"
+# the foreground threshold is calibrated on validation volumes (seeds 1901-1902) and recorded in the checkpoint
+"$PY" bench/tune_postprocess.py --model "$WORK/stage4.pt" --work "$WORK/tune" --out "$WORK/tune_postprocess.md" --write
+# the checkpoint goes to models/; the training state, logs and loss curve stay in $WORK/stage4_train/
+cp "$WORK/stage4.pt" "$OUT"
+echo "wrote $OUT (logs: $WORK/stage4_train/)"
