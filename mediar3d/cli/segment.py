@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diameter", default="auto", metavar="UM|auto|none",
                         help="typical object diameter in um, rescaled to the model's training diameter; 'auto' "
                         "(default) estimates it per frame from the image and the network, 'none' does not rescale")
+    parser.add_argument("--prob-threshold", type=float, default=None,
+                        help="foreground probability threshold (default: the model's calibrated one, else 0.5)")
     parser.add_argument("--boundary", choices=BOUNDARIES, default="probability",
                         help="object boundaries on the original grid from the interpolated probability (default) "
                         "or by nearest neighbour from the iso labels")
@@ -100,7 +102,8 @@ def _check_wanted(path: Path, wanted, available) -> None:
 
 def segment_volume(volume, voxel_size: Sequence[float], workdir: Path, *, method: str = "mediar3d",
                    model=None, meta: dict | None = None, diameter_um=None, device: str = "auto", tta: bool = False,
-                   boundary: str = "probability", source: str = "", timepoint: int = 0,
+                   boundary: str = "probability", prob_threshold: float | None = None, source: str = "",
+                   timepoint: int = 0,
                    progress: bool = True) -> np.ndarray:
     """Labels (uint32, the volume's shape) of one (Z, Y, X) frame; intermediates go under `workdir`.
     The same stages as the workflow: resample -> (infer -> fuse) -> reconstruct -> original grid.
@@ -130,9 +133,9 @@ def segment_volume(volume, voxel_size: Sequence[float], workdir: Path, *, method
         fuse_zarr(workdir / "views.zarr", workdir / "field.zarr")
         stage_input = workdir / "field.zarr"
     array, attrs = reconstruct.open_method_input(stage_input, method)
-    labels = reconstruct.reconstruct_method(array, attrs, method)
+    labels = reconstruct.reconstruct_method(array, attrs, method, prob_threshold=prob_threshold)
     return reconstruct.labels_on_original_grid(labels, array, {**attrs, "original_shape": list(volume.shape)},
-                                               method, boundary=boundary)
+                                               method, prob_threshold, boundary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix=f"mediar3d-t{t}-") as tmp:
             labels = segment_volume(volume, voxel_size, Path(tmp), method=args.method, model=model, meta=meta,
                                     diameter_um=parse_diameter(args.diameter), device=args.device, tta=args.tta,
-                                    boundary=args.boundary,
+                                    boundary=args.boundary, prob_threshold=args.prob_threshold,
                                     source=str(args.input), timepoint=t, progress=not args.no_progress)
         write_mask(args.out / name, linker.add(labels), voxel_size)
         log.info("frame %d: %d objects, %d tracks so far -> %s", t, linker.n_objects, linker.n_tracks, args.out / name)
