@@ -241,7 +241,7 @@ def resample_to_iso(volume, zoom: Sequence[float], out=None, norm_range: tuple[f
         return _out_slab(volume, zc_all, shape_out[1:], low, high)
     from mediar3d.io import store
 
-    with store.atomic_zarr(out) as tmp:
+    with store.atomic_zarr(out, "iso") as tmp:
         array = store.create_array(tmp, shape_out, np.float32, chunks, attrs)
         align = array.chunks[0]
         bounds = slab_bounds(shape_out[0], shape_out[1] * shape_out[2], slab_voxels, align)
