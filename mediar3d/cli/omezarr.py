@@ -15,8 +15,12 @@ import numpy as np
 from mediar3d.errors import InputError
 from mediar3d.io import ctc
 from mediar3d.io.omezarr import read_ome_zarr, write_ome_zarr
+from mediar3d.io.store import zarr_kind
 
 log = logging.getLogger(__name__)
+
+OUTPUTS = {"out": zarr_kind("ome-zarr")}
+INPUTS = ("ctc", "image", "res")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
