@@ -26,5 +26,5 @@ rule reconstruct:
     conda:
         ENV
     shell:
-        "mediar3d reconstruct --input {input} --out {output} --method {params.method}"
-        " --prob-threshold {params.prob_threshold} {params.options} --workers {threads} > {log} 2>&1"
+        "mediar3d reconstruct --input {input:q} --out {output:q} --method {params.method}"
+        " --prob-threshold {params.prob_threshold} {params.options} --workers {threads} > {log:q} 2>&1"

@@ -20,5 +20,5 @@ rule resample:
     conda:
         ENV
     shell:
-        "mediar3d resample --input {input.frame} --timepoint {params.timepoint} --out {output} {params.options}"
-        " > {log} 2>&1"
+        "mediar3d resample --input {input.frame:q} --timepoint {params.timepoint} --out {output:q} {params.options}"
+        " > {log:q} 2>&1"
