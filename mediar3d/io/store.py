@@ -45,7 +45,8 @@ CHUNK_EDGE = 64
 #: still compresses. With byte shuffle they would be ~10% smaller (462 / 324 MiB) but decode 15-18%
 #: slower, and reading is a quarter of a reconstruction's CPU time (bench/results/bench_codecs.md,
 #: bench_reconstruct.md). The checksum is verified before Blosc sees the bytes: a truncated chunk
-#: would otherwise decode to other numbers (or crash the decoder).
+#: would otherwise decode to other numbers (or crash the decoder). It costs about 4% more CPU per
+#: read (a 4 x 128 x 256 x 256 block: 0.128 vs 0.123 s on the dev VM).
 COMPRESSORS = (BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle"), Crc32cCodec())
 #: zarr array config of every store we write: chunks equal to the fill value are written too, so a
 #: missing chunk always means a lost one
