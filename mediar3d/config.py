@@ -22,6 +22,8 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 MODELS_DIR = REPO_ROOT / "models"
 #: segmentation methods (schema key `method`): three-view fusion, xy view + stitching, classical
 METHODS: tuple[str, ...] = ("mediar3d", "xy-stitch", "classical")
+#: how labels go back to the original grid (mediar3d.reconstruct.labels_on_original_grid)
+BOUNDARIES: tuple[str, ...] = ("probability", "nearest")
 #: the shipped default checkpoint (see models/MODEL_CARD.md)
 DEFAULT_MODEL_NAME = "mediar3d_default.pt"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")

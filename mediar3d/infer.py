@@ -61,10 +61,23 @@ def load_model(path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.
     return model.to(device).eval(), dict(meta or {})
 
 
+#: torch CPU threads asked for with `set_threads` (None: torch's default)
+_THREADS: int | None = None
+
+
 def set_threads(threads: int | None) -> None:
-    """Limit torch's CPU threads (None keeps torch's default)."""
+    """Limit torch's CPU threads (None keeps torch's default). The count is kept: numba's OpenMP
+    threading layer shares torch's OpenMP runtime and resets its thread count when a parallel
+    reconstruction runs in the same process, so `run_batch` applies it again when it changed."""
+    global _THREADS
     if threads:
-        torch.set_num_threads(int(threads))
+        _THREADS = int(threads)
+        torch.set_num_threads(_THREADS)
+
+
+def _keep_threads() -> None:
+    if _THREADS and torch.get_num_threads() != _THREADS:
+        torch.set_num_threads(_THREADS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +159,7 @@ def run_batch(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, t
               flow_scale: float = FLOW_SCALE) -> np.ndarray:
     """(B, H, W) float32 tiles -> (B, 3, H, W) float32 (flows / flow_scale, logit); H, W multiples of 32."""
     x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)[:, None]).to(device)
+    _keep_threads()
     with torch.inference_mode(), _autocast(device):
         y = _forward_tta(model, x, tta)
     if y.ndim != 4 or y.shape[1] != 3 or tuple(y.shape[2:]) != tuple(tiles.shape[1:]):

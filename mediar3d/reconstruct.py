@@ -40,7 +40,7 @@ import numpy as np
 from scipy.special import expit
 
 from mediar3d.blockread import BlockReader, block_boxes, haloed_box, read_block
-from mediar3d.config import METHODS
+from mediar3d.config import BOUNDARIES, METHODS
 from mediar3d.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -807,6 +807,47 @@ def reconstruct_method(array, attrs, method: str, *, prob_threshold: float = 0.5
     from mediar3d.io import store
 
     return np.asarray(classical_segment(store.read(array), diameter_px=diameter_px, min_size=min_size), dtype=np.uint32)
+
+
+class _Probability:
+    """The foreground probability (Z, Y, X) of a method's input, read lazily plane by plane: channel
+    3 of the field (mediar3d) or the sigmoid of the xy view's logit (xy-stitch)."""
+
+    def __init__(self, array, method: str):
+        self.array, self.method = array, method
+        self.shape = tuple(array.shape[1:])
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+
+    def __getitem__(self, key):
+        from mediar3d.io import store
+
+        key = key if isinstance(key, tuple) else (key,)
+        if self.method == "mediar3d":
+            return store.read(self.array, (3, *key)).astype(np.float32, copy=False)
+        return expit(store.read(self.array, (2, *key)).astype(np.float32, copy=False))
+
+
+def method_probability(array, method: str):
+    """Lazy (Z, Y, X) foreground probability of `open_method_input`'s array, or None (classical)."""
+    return None if method == "classical" else _Probability(array, method)
+
+
+def labels_on_original_grid(labels_iso: np.ndarray, array, attrs, method: str, prob_threshold: float = 0.5,
+                            boundary: str = "probability") -> np.ndarray:
+    """Labels of a method (on the iso grid) mapped back to the frame's `original_shape` (attrs).
+    `boundary`: "probability" decides the boundary at the original resolution from the method's
+    interpolated probability (`mediar3d.resample.labels_to_original`), "nearest" (and the classical
+    method, which has no probability) maps labels by nearest neighbour."""
+    from mediar3d.resample import labels_to_original
+
+    if boundary not in BOUNDARIES:
+        raise InputError(None, f"unknown boundary mode {boundary!r}: choose from {BOUNDARIES}")
+    original = tuple(int(s) for s in attrs.get("original_shape") or labels_iso.shape)
+    prob = method_probability(array, method) if boundary == "probability" else None
+    if prob is None and original == tuple(labels_iso.shape):
+        return labels_iso
+    return labels_to_original(labels_iso, original, prob=prob, threshold=prob_threshold)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,11 +49,11 @@ Zoom = tuple[float, float, float]
 
 
 def _read(volume, index) -> np.ndarray:
-    """`volume[index]` as a numpy array (dask slabs are computed, zarr slabs read)."""
-    block = volume[index]
-    if hasattr(block, "compute"):
-        block = block.compute()
-    return np.asarray(block)
+    """`volume[index]` as a numpy array (dask slabs are computed, zarr slabs read with
+    `mediar3d.io.store.read`'s checks)."""
+    from mediar3d.io import store
+
+    return store.read(volume, index)
 
 
 def slab_bounds(length: int, plane_voxels: int, max_voxels: int = SLAB_VOXELS, align: int = 1) -> list[tuple[int, int]]:
@@ -283,9 +283,61 @@ def resample_labels(labels, shape: Sequence[int], slab_voxels: int = SLAB_VOXELS
     return out
 
 
-def labels_to_original(labels_iso, original_shape: Sequence[int]) -> np.ndarray:
-    """Labels on the isotropic grid -> labels of exactly `original_shape` (nearest neighbour)."""
-    return resample_labels(labels_iso, original_shape)
+def _stencil(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output voxel along one axis: the lower and upper input neighbours and the upper's weight."""
+    coords = source_coords(n_in, n_out)
+    below = np.floor(coords).astype(np.int64)
+    return below, np.minimum(below + 1, n_in - 1), (coords - below).astype(np.float32)
+
+
+def _refined_slab(labels: np.ndarray, prob: np.ndarray, stencils, threshold: float) -> np.ndarray:
+    """Labels of one output slab from the input planes it needs (`labels`, `prob` share their first
+    plane; `stencils` index into them): see `labels_to_original`."""
+    (z0, z1, fz), (y0, y1, fy), (x0, x1, fx) = stencils
+    fz, fy, fx = fz[:, None, None], fy[None, :, None], fx[None, None, :]
+    shape = (fz.shape[0], fy.shape[1], fx.shape[2])
+    value = np.zeros(shape, np.float32)
+    best_w = np.full(shape, -1.0, np.float32)
+    best = np.zeros(shape, labels.dtype)
+    for iz, wz in ((z0, 1 - fz), (z1, fz)):
+        for iy, wy in ((y0, 1 - fy), (y1, fy)):
+            for ix, wx in ((x0, 1 - fx), (x1, fx)):
+                index = np.ix_(iz, iy, ix)
+                weight = wz * wy * wx
+                value += weight * prob[index]
+                corner = labels[index]
+                better = (corner > 0) & (weight > best_w)
+                best = np.where(better, corner, best)
+                best_w = np.where(better, weight, best_w)
+    return np.where(value > threshold, best, 0).astype(labels.dtype)
+
+
+def labels_to_original(labels_iso, original_shape: Sequence[int], prob=None, threshold: float = 0.5,
+                       slab_voxels: int = SLAB_VOXELS) -> np.ndarray:
+    """Labels on the isotropic grid -> labels of exactly `original_shape` (Z, Y, X).
+
+    Without `prob`: nearest neighbour. With `prob` (the (Z', Y', X') foreground probability the
+    labels were thresholded from at `threshold`) the boundary is decided at the original resolution:
+    an original voxel is foreground where the trilinearly interpolated probability exceeds
+    `threshold`, and takes the label of the nearest labelled voxel among the 8 iso voxels around it
+    (the nearest-neighbour label when that one is labelled). Objects keep sub-voxel boundaries when
+    the iso grid is coarser than the original, and thin along z where it is finer. Read slab by slab.
+    """
+    if prob is None:
+        return resample_labels(labels_iso, original_shape)
+    _check_volume(labels_iso)
+    if tuple(prob.shape) != tuple(labels_iso.shape):
+        raise InputError(None, f"probability {tuple(prob.shape)} and labels {tuple(labels_iso.shape)} differ in shape")
+    shape = tuple(int(s) for s in original_shape)
+    sz, sy, sx = (_stencil(n, m) for n, m in zip(labels_iso.shape, shape))
+    out = np.empty(shape, dtype=np.dtype(labels_iso.dtype))
+    for o0, o1 in slab_bounds(shape[0], shape[1] * shape[2], slab_voxels):
+        first, last = int(sz[0][o0]), int(sz[1][o1 - 1])
+        planes = np.s_[first:last + 1]
+        stencil_z = (sz[0][o0:o1] - first, sz[1][o0:o1] - first, sz[2][o0:o1])
+        out[o0:o1] = _refined_slab(_read(labels_iso, planes), _read(prob, planes).astype(np.float32),
+                                   (stencil_z, sy, sx), threshold)
+    return out
 
 
 def iso_attrs(voxel_size: Sequence[float], original_shape: Sequence[int], zoom: Sequence[float],
@@ -334,20 +386,29 @@ def warn_implausible_anisotropy(voxel_size: Sequence[float], source) -> None:
 
 
 def resample_frame(volume, voxel_size: Sequence[float], out, *, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-                   diameter_um: float | None = None, train_diameter_px: float | None = None,
-                   source: str = "", timepoint: int = 0, chunks: Sequence[int] | None = None,
-                   max_gib: float = MAX_ISO_GIB):
+                   diameter_um=None, train_diameter_px: float | None = None, model=None, device="cpu",
+                   flow_scale: float | None = None, source: str = "", timepoint: int = 0,
+                   chunks: Sequence[int] | None = None, max_gib: float = MAX_ISO_GIB):
     """The `resample` stage: normalize (percentiles over the whole volume) and resample a raw (Z, Y, X)
     frame to the isotropic grid, written to the zarr array `out` with the iso attrs. Returns `out`.
-    A result over `max_gib` GiB or the free disk space is refused before anything is read or written
+
+    `diameter_um`: the typical object diameter (um), "auto" to estimate it (`mediar3d.size`, with
+    `model` when given), or None for no rescaling. With a diameter and `train_diameter_px`, objects
+    come out train_diameter_px voxels wide; the diameter (iso voxels) is recorded as `diameter_px`.
+    A result over `max_gib` GiB or the free disk space is refused before anything is written
     (`check_iso_budget`)."""
+    from mediar3d.size import choose_diameter
+
     _check_volume(volume, source or None)
-    zoom = zoom_factors(voxel_size, diameter_um, train_diameter_px)
     warn_implausible_anisotropy(voxel_size, source)
-    check_iso_budget(iso_shape(volume.shape, zoom), out, source or out, max_gib)
     norm_range = percentile_range(volume, percentiles)
+    diameter_um = choose_diameter(volume, voxel_size, diameter_um, model=model, train_diameter_px=train_diameter_px,
+                                  norm_range=norm_range, device=device, flow_scale=flow_scale, source=source)
+    zoom = zoom_factors(voxel_size, diameter_um, train_diameter_px)
+    check_iso_budget(iso_shape(volume.shape, zoom), out, source or out, max_gib)
     attrs = iso_attrs(voxel_size, volume.shape, zoom, source, timepoint, norm_range, percentiles)
     if diameter_um:  # the expected object diameter on the iso grid, for reconstruct's defaults
+        attrs["diameter_um"] = float(diameter_um)
         attrs["diameter_px"] = float(diameter_um) / attrs["iso_voxel_um"]
     log.info("%s t=%d: voxel %s um -> iso %.3f um, zoom %s, normalization range %s",
              source, timepoint, tuple(voxel_size), attrs["iso_voxel_um"], tuple(round(f, 3) for f in zoom), norm_range)

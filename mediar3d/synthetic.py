@@ -5,7 +5,10 @@ in an embryo-shaped region. Geometry lives on a fine isotropic grid in xy pixels
 plane samples that grid at depth `(z + 0.5) * anisotropy`, so the labels match the image exactly.
 Touching nuclei are split by nearest-centre competition (normalized ellipsoid distance).
 Optics: gaussian PSF wider along z, depth attenuation, background gradient, photobleaching,
-Poisson + Gaussian noise. Time: smooth motion + jitter, divisions (parent in man_track.txt), cells
+Poisson + Gaussian noise. Ground truth follows the annotation convention of real data (see `annotate`):
+a nucleus reaches as far as its blurred image does, to `annotation_level` of its contrast, as human
+annotators draw it (along z too, where the PSF is wider). `randomize_optics` draws the optics and the
+nucleus appearance of a preset from wide ranges, for training data (domain randomization). Time: smooth motion + jitter, divisions (parent in man_track.txt), cells
 entering and leaving at the borders.
 
 Arrays are (z, y, x); voxel sizes in um as (sz, sy, sx); positions in fine (xy) pixels.
@@ -31,7 +34,7 @@ from mediar3d.io.ctc import write_frame, write_mask, write_tracks
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2  # 2: annotated GT (annotation_level), optics in dataset.json
 MIN_CYCLE = 2  # frames a nucleus lives before it may divide
 
 
@@ -62,6 +65,8 @@ class Preset:
     read_noise: float = 3.0              # gaussian read noise (counts)
     gain: float = 2.0                    # counts per photon
     offset: float = 100.0                # camera offset (counts)
+    brightness_cv: float = 0.25          # spread (log-normal sigma) of nucleus brightness
+    annotation_level: float | None = 0.25  # GT edge at this level of the blurred nucleus (None: geometric)
 
     @property
     def voxel_size(self) -> tuple[float, float, float]:
@@ -77,7 +82,19 @@ PRESETS: dict[str, Preset] = {
                      region=(0.4, 0.4, 0.4), brightness=90.0, deform=0.08, enter_rate=0.0),
     "tiny": Preset("tiny", (8, 48, 48), 0.5, 2.0, 3, 6, 8, 11.0, min_dist=1.0,
                    region=(0.42, 0.4, 0.4), brightness=80.0, enter_rate=0.0),
+    # a thin stack (6 planes at anisotropy 5, 7.5 um deep) of 10 um nuclei, each cut by the top and
+    # the bottom of the volume: a monolayer imaged in a few planes
+    "thin": Preset("thin", (6, 256, 256), 0.25, 5.0, 4, 40, 48, 40.0, min_dist=0.8,
+                   region=(0.5, 0.48, 0.48), speed=1.0, psf_sigma_xy=1.6, enter_rate=0.0),
 }
+
+#: ranges `randomize_optics` draws from: (low, high), log-uniform for the positive scale parameters
+OPTICS_RANGES: dict[str, tuple[float, float]] = {
+    "psf_sigma_xy": (0.6, 1.8), "psf_z_ratio": (1.5, 6.0), "brightness": (20.0, 250.0),
+    "background": (1.0, 40.0), "brightness_cv": (0.1, 0.6), "read_noise": (1.0, 8.0),
+    "diameter_cv": (0.08, 0.3), "deform": (0.04, 0.22),
+}
+_LOG_UNIFORM = {"psf_z_ratio", "brightness", "background", "read_noise"}
 
 
 @dataclass
@@ -156,6 +173,16 @@ def resolve_preset(preset: str | Preset, frames: int | None = None, anisotropy: 
     return dataclasses.replace(p, **changes)
 
 
+def randomize_optics(p: Preset, rng: np.random.Generator) -> Preset:
+    """`p` with its optics and nucleus appearance drawn from `OPTICS_RANGES` (PSF width and axial
+    elongation, brightness and its spread, background, read noise, size spread, deformation)."""
+    changes = {}
+    for name, (lo, hi) in OPTICS_RANGES.items():
+        u = rng.uniform(np.log(lo), np.log(hi)) if name in _LOG_UNIFORM else rng.uniform(lo, hi)
+        changes[name] = float(np.exp(u) if name in _LOG_UNIFORM else u)
+    return dataclasses.replace(p, **changes)
+
+
 def _extent(p: Preset) -> np.ndarray:
     """Physical extent (z, y, x) of the volume in fine pixels."""
     return np.array([p.shape[0] * p.anisotropy, p.shape[1], p.shape[2]], dtype=float)
@@ -181,7 +208,7 @@ def _new_nucleus(rng: np.random.Generator, p: Preset, track_id: int, centre, beg
     return Nucleus(
         track_id=track_id, centre=np.asarray(centre, float), velocity=rng.normal(0, p.speed / np.sqrt(3), 3),
         axes=axes, rotation=Rotation.random(random_state=rng).as_matrix(),
-        brightness=float(p.brightness * np.exp(rng.normal(0, 0.25))),
+        brightness=float(p.brightness * np.exp(rng.normal(0, p.brightness_cv))),
         deform_vec=rng.normal(0, p.deform / 2, 3), deform_mat=mat * p.deform / 2,
         waves=waves, nucleoli=nucleoli, begin=begin, parent=parent, cycle_start=begin)
 
@@ -277,8 +304,7 @@ def apply_optics(signal: np.ndarray, p: Preset, t: int, rng: np.random.Generator
     """Microscope image (uint16) from clean signal: PSF blur (wider along z), depth attenuation,
     photobleaching, background gradient, Poisson + Gaussian noise, camera gain and offset."""
     nz, ny, nx = signal.shape
-    sigma_z = p.psf_sigma_xy * p.psf_z_ratio / p.anisotropy
-    img = ndimage.gaussian_filter(signal, (sigma_z, p.psf_sigma_xy, p.psf_sigma_xy), mode="constant")
+    img = ndimage.gaussian_filter(signal, psf_sigma(p), mode="constant")
     depth = (np.arange(nz) + 0.5) / nz
     img *= (np.exp(-0.6 * depth) * np.exp(-p.bleach * t)).astype(np.float32)[:, None, None]
     gy = np.linspace(-1, 1, ny, dtype=np.float32)[:, None]
@@ -290,10 +316,31 @@ def apply_optics(signal: np.ndarray, p: Preset, t: int, rng: np.random.Generator
     return np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
 
 
+def psf_sigma(p: Preset) -> tuple[float, float, float]:
+    """Gaussian PSF sigma (z, y, x) in output voxels."""
+    return (p.psf_sigma_xy * p.psf_z_ratio / p.anisotropy, p.psf_sigma_xy, p.psf_sigma_xy)
+
+
+def annotate(labels: np.ndarray, p: Preset) -> np.ndarray:
+    """Ground truth as annotators draw it on the image: each nucleus (uint16 (Z, Y, X) labels of the
+    true shapes) grown into the background as far as the PSF-blurred foreground reaches
+    `p.annotation_level` (0.5 is the true edge of a flat face; lower levels lie outside it, more so
+    along z where the PSF is wider). Grown voxels go to the nearest nucleus in physical distance;
+    no voxel of a nucleus changes owner. `annotation_level` None returns `labels` unchanged."""
+    if p.annotation_level is None or not labels.any():
+        return labels
+    from skimage.segmentation import expand_labels
+
+    blurred = ndimage.gaussian_filter((labels > 0).astype(np.float32), psf_sigma(p), mode="constant")
+    reach = 3.0 * p.psf_sigma_xy * max(p.psf_z_ratio, 1.0)  # xy pixels: past it the blur is negligible
+    grown = expand_labels(labels, distance=reach, spacing=(p.anisotropy, 1.0, 1.0))
+    return np.where((labels > 0) | (blurred >= p.annotation_level), grown, 0).astype(labels.dtype)
+
+
 def synth_frame(nuclei: list[Nucleus], p: Preset, t: int, rng: np.random.Generator) -> Frame:
-    """Render one timepoint of the given nuclei."""
+    """Render one timepoint of the given nuclei: the image and its annotated labels (`annotate`)."""
     labels, signal = render_labels_signal(nuclei, p)
-    return Frame(t, apply_optics(signal, p, t, rng), labels)
+    return Frame(t, apply_optics(signal, p, t, rng), annotate(labels, p))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,10 +451,13 @@ def _cut_gaps(frames: list[Frame]) -> None:
 
 
 def synth_sequence(preset: str | Preset, seed: int, frames: int | None = None, anisotropy: float | None = None,
-                   shape: tuple[int, int, int] | None = None) -> Sequence:
-    """A whole synthetic sequence (deterministic for `seed`): frames, track rows and voxel size."""
+                   shape: tuple[int, int, int] | None = None, randomize: bool = False) -> Sequence:
+    """A whole synthetic sequence (deterministic for `seed`): frames, track rows and voxel size.
+    With `randomize` the optics are drawn by `randomize_optics` (from the same seed)."""
     p = resolve_preset(preset, frames, anisotropy, shape)
     rng = np.random.default_rng(seed)
+    if randomize:
+        p = randomize_optics(p, rng)
     centres = place_centres(rng, p, p.n_start)
     next_id = [1]
     alive = []
@@ -489,22 +539,24 @@ DATASET_KIND = Kind("a synthetic dataset written by mediar3d synth (dataset.json
 
 def make_dataset(preset: str | Preset, seed: int, out: str | os.PathLike, frames: int | None = None,
                  anisotropy: float | None = None, shape: tuple[int, int, int] | None = None,
-                 preview: bool = False) -> Path:
+                 preview: bool = False, randomize: bool = False) -> Path:
     """Write a synthetic CTC dataset to `out` and return `out`.
 
     Layout: `01/tTTT.tif`; `01_GT/SEG/man_segTTT.tif` (full 3D GT, even frames) and
     `man_seg_TTT_ZZZ.tif` (single-slice GT, odd frames); `01_GT/TRA/man_trackTTT.tif` + `man_track.txt`;
-    `dataset.json`; with `preview`, `preview/tTTT.png`. The dataset is written into a temporary
-    folder that then replaces `out` whole (`DATASET_KIND`: `out` may be absent, empty or an earlier
-    synthetic dataset; anything else is refused), so old and new frames never mix.
+    `dataset.json`; with `preview`, `preview/tTTT.png`. `randomize`: optics drawn by `randomize_optics`.
+    The dataset is written into a temporary folder that then replaces `out` whole (`DATASET_KIND`:
+    `out` may be absent, empty or an earlier synthetic dataset; anything else is refused), so old and
+    new frames never mix.
     """
     out = Path(out)
     with atomic_path(out, DATASET_KIND) as tmp:
-        _write_dataset(synth_sequence(preset, seed, frames, anisotropy, shape), seed, tmp, out.name, preview)
+        _write_dataset(synth_sequence(preset, seed, frames, anisotropy, shape, randomize), seed, tmp, out.name,
+                       preview, randomize)
     return out
 
 
-def _write_dataset(seq: Sequence, seed: int, folder: Path, name: str, preview: bool) -> None:
+def _write_dataset(seq: Sequence, seed: int, folder: Path, name: str, preview: bool, randomize: bool) -> None:
     """The files of `make_dataset` for a synthesized sequence, written into `folder`."""
     p = seq.preset
     raw, seg, tra = folder / "01", folder / "01_GT" / "SEG", folder / "01_GT" / "TRA"
@@ -527,6 +579,7 @@ def _write_dataset(seq: Sequence, seed: int, folder: Path, name: str, preview: b
         "objects_per_frame": [int(len(np.unique(fr.labels)) - (fr.labels == 0).any()) for fr in seq.frames],
         "anisotropy": p.anisotropy, "n_tracks": len(seq.tracks),
         "n_divisions": len({r[3] for r in seq.tracks if r[3]}), "version": VERSION,
+        "optics": {k: getattr(p, k) for k in (*OPTICS_RANGES, "annotation_level")}, "randomized": bool(randomize),
     }
     (folder / "dataset.json").write_text(json.dumps(info, indent=1) + "\n")
 

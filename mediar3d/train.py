@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from mediar3d.errors import InputError
 from mediar3d.infer import resolve_device
-from mediar3d.model import FLOW_SCALE, build_model, pad_to_multiple, save_checkpoint
+from mediar3d.model import FLOW_SCALE, build_model, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -431,11 +431,14 @@ def validation_slices(samples: Sequence[SliceSample], per_view: int, size: int, 
 
 
 def predict_slice(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    """Raw network output (3, H, W) (flows x FLOW_SCALE, logit) for one 2D image of any size."""
-    padded, (h, w) = pad_to_multiple(np.asarray(image, dtype=np.float32))
-    with torch.no_grad():
-        out = model(torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(device)).float()
-    return out[0, :, :h, :w].cpu().numpy()
+    """Network output (3, H, W) (flows x FLOW_SCALE, logit) for one 2D image of any size, through the
+    pipeline's own tiled inference (`mediar3d.infer.predict_slices`), so validation scores what
+    inference will produce."""
+    from mediar3d.infer import predict_slices
+
+    out = predict_slices(model, np.asarray(image, dtype=np.float32)[None], device=device)[0]
+    out[:2] *= FLOW_SCALE
+    return out
 
 
 def slice_ap50(output: np.ndarray, labels: np.ndarray, diameter_px: float | None = None) -> float:

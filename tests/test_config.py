@@ -34,7 +34,9 @@ def test_defaults_are_filled_recursively():
     cfg = validate_config(MINIMAL)
     assert cfg["out"] == "results" and cfg["method"] == "mediar3d" and cfg["keep_intermediates"] is False
     assert cfg["infer"] == {"tile": 256, "overlap": 0.25, "batch": 8, "tta": False}
-    assert cfg["reconstruct"] == {"prob_threshold": 0.5, "min_size": None, "diameter_px": None, "block": None}
+    assert cfg["reconstruct"] == {"prob_threshold": 0.5, "min_size": None, "diameter_px": None, "boundary": "probability",
+                                  "block": None}
+    assert cfg["datasets"]["zf"]["diameter"] == "auto"
     assert cfg["datasets"]["zf"]["synth"] == {"preset": "zebrafish", "seed": 0, "frames": 2, "shape": None,
                                               "anisotropy": None}
     assert cfg["datasets"]["zf"]["evaluate"] is True and cfg["datasets"]["zf"]["voxel_size"] is None

@@ -171,3 +171,28 @@ def test_unknown_view_rejected(tmp_path):
     store.write_array(tmp_path / "iso.zarr", _linear_volume((8, 16, 16)))
     with pytest.raises(ValueError):
         infer.predict_views(tmp_path / "iso.zarr", Pointwise(), tmp_path / "v.zarr", ["zz"], progress=False)
+
+
+def test_thread_count_survives_a_parallel_reconstruction(monkeypatch):
+    """numba's OpenMP layer resets torch's thread count; the count asked for holds in the next forward."""
+    from mediar3d.reconstruct import masks_from_field
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return torch.zeros(x.shape[0], 3, *x.shape[2:])
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(infer, "_THREADS", None, raising=False)
+    try:
+        infer.set_threads(1)
+        infer.predict_slices(Recorder(), np.zeros((1, 32, 32), np.float32))
+        field = np.zeros((4, 8, 16, 16), np.float32)
+        field[3, 2:5, 4:9, 4:9] = 0.9
+        masks_from_field(field)  # numba parallel: may set the shared OpenMP thread count
+        infer.predict_slices(Recorder(), np.zeros((1, 32, 32), np.float32))
+        assert seen == [1, 1]
+    finally:
+        torch.set_num_threads(before)

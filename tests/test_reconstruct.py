@@ -188,10 +188,14 @@ def test_cli_reconstructs_field_zarr_to_original_grid(spheres, single, tmp_path)
     out = tmp_path / "mask000.tif"
     argv = ["reconstruct", "--input", str(tmp_path / "field.zarr"), "--out", str(out), "--method", "mediar3d",
             "--prob-threshold", "0.5", "--diameter-px", str(DIAMETER), "--block", "24", "48", "48", "--workers", "2"]
-    assert main(argv) == 0
+    assert main([*argv, "--boundary", "nearest"]) == 0
     mask = read_labels(out)
     assert mask.shape == original
     assert np.array_equal(mask, labels_to_original(single, original))
+    assert main(argv) == 0  # default: boundaries from the interpolated probability
+    refined = read_labels(out)
+    assert np.array_equal(refined, labels_to_original(single, original, prob=field[3], threshold=0.5))
+    assert not np.array_equal(refined, mask) and set(np.unique(refined)) <= set(np.unique(mask))
 
 
 def test_cli_xy_stitch_and_classical(tmp_path):
@@ -383,3 +387,19 @@ def test_dask_array_field_is_read_block_by_block(spheres, single, scheduler, mon
     boxes = [blockread.haloed_box(own, halo, SHAPE) for own in block_boxes(SHAPE, (24, 48, 48))]
     assert sum(np.prod(s) for s in shapes) == sum(4 * np.prod([b.stop - b.start for b in box]) for box in boxes)
     assert all(np.prod(s) < spheres[1].size for s in shapes)
+
+
+def test_labels_on_original_grid_per_method_and_boundary(spheres, single):
+    from mediar3d.reconstruct import labels_on_original_grid
+    from mediar3d.resample import labels_to_original
+
+    labels, field = spheres
+    attrs = {"original_shape": [24, 96, 96]}
+    nearest = labels_to_original(single, (24, 96, 96))
+    assert np.array_equal(labels_on_original_grid(single, field, attrs, "mediar3d", boundary="nearest"), nearest)
+    assert np.array_equal(labels_on_original_grid(single, field[:3], attrs, "classical"), nearest)  # no probability
+    xy = np.stack([field[1], field[2], np.where(field[3] > 0.5, 4.0, -4.0)]).astype(np.float32)
+    via_logit = labels_on_original_grid(single, xy, attrs, "xy-stitch")  # sigmoid of the xy logit
+    assert np.array_equal(via_logit, labels_to_original(single, (24, 96, 96), prob=1 / (1 + np.exp(-xy[2]))))
+    with pytest.raises(InputError, match="boundary"):
+        labels_on_original_grid(single, field, attrs, "mediar3d", boundary="smooth")

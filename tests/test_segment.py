@@ -54,7 +54,7 @@ def _run(*argv) -> int:
 
 def test_stage_commands_chain(ctc_sequence, checkpoint, tmp_path):
     frame = ctc_sequence / "t000.tif"
-    assert _run("resample", "--input", frame, "--model", checkpoint, "--out", tmp_path / "iso.zarr") == 0
+    assert _run("resample", "--input", frame, "--model", checkpoint, "--diameter", "none", "--out", tmp_path / "iso.zarr") == 0
     iso = store.open_array(tmp_path / "iso.zarr")
     assert iso.shape == (12, 32, 40) and iso.attrs["original_shape"] == list(SHAPE)
     assert _run("infer", "--input", tmp_path / "iso.zarr", "--model", checkpoint, "--out", tmp_path / "views.zarr",

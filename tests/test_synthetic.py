@@ -163,3 +163,47 @@ def test_synth_replaces_its_own_dataset_whole_and_refuses_any_other_folder(tmp_p
     assert main(["synth", "--preset", "tiny", "--seed", "3", "--out", str(out)]) == 1
     assert "is not a synthetic dataset written by mediar3d synth" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine" and json.loads((out / "dataset.json").read_text())["seed"] == 2
+
+
+def test_annotation_grows_nuclei_into_their_blur_without_changing_owners():
+    import dataclasses
+
+    from mediar3d.synthetic import annotate, render_labels_signal
+
+    p = resolve_preset("sparse", frames=1)
+    seq = synth_sequence(dataclasses.replace(p, annotation_level=None), 5, frames=1)
+    true = seq.frames[0].labels
+    grown = annotate(true, p)
+    inside = true > 0
+    assert np.array_equal(grown[inside], true[inside])  # no voxel of a nucleus changes owner
+    assert (grown > 0).sum() > 1.1 * inside.sum()
+    assert set(np.unique(grown)) == set(np.unique(true))
+    assert np.array_equal(annotate(true, dataclasses.replace(p, annotation_level=None)), true)
+    # a wider axial PSF grows nuclei more along z than in xy
+    wide = annotate(true, dataclasses.replace(p, psf_z_ratio=6.0))
+    z_extent = lambda lab: (lab > 0).any(axis=(1, 2)).sum()  # noqa: E731
+    assert (wide > 0).sum() > (grown > 0).sum() and z_extent(wide) >= z_extent(grown)
+    # the default presets' GT is annotated: synth_sequence's labels are the grown ones
+    assert np.array_equal(synth_sequence(p, 5, frames=1).frames[0].labels, grown)
+
+
+def test_randomized_optics_are_deterministic_in_range_and_recorded(tmp_path):
+    from mediar3d.synthetic import OPTICS_RANGES, randomize_optics
+
+    a = randomize_optics(PRESETS["zebrafish"], np.random.default_rng(4))
+    b = randomize_optics(PRESETS["zebrafish"], np.random.default_rng(4))
+    c = randomize_optics(PRESETS["zebrafish"], np.random.default_rng(5))
+    assert a == b and a != c
+    for name, (lo, hi) in OPTICS_RANGES.items():
+        assert lo <= getattr(a, name) <= hi
+    out = make_dataset("tiny", 2, tmp_path / "r", frames=1, randomize=True)
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["randomized"] is True and set(OPTICS_RANGES) <= set(info["optics"])
+
+
+def test_thin_preset_cuts_every_nucleus_at_the_top_or_bottom():
+    labels = synth_sequence("thin", 2, frames=1).frames[0].labels
+    ids = set(np.unique(labels)) - {0}
+    assert len(ids) >= 20 and labels.shape[0] <= 8
+    cut = set(np.unique(labels[0])) | set(np.unique(labels[-1]))
+    assert ids <= cut

@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from mediar3d.config import METHODS
+from mediar3d.config import BOUNDARIES, METHODS
 from mediar3d.errors import InputError
 from mediar3d.io.atomic import FILE
 
@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diameter-px", type=float, default=None, metavar="D",
                         help="typical object diameter in iso voxels; sets flow steps and min size "
                         "(default: the iso attrs' diameter_px, recorded when resample rescaled objects, else 30)")
+    parser.add_argument("--boundary", choices=BOUNDARIES, default="probability",
+                        help="back on the original grid, object boundaries come from the interpolated probability "
+                        "(default) or from the iso labels by nearest neighbour")
     parser.add_argument("--block", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="dask block size in iso voxels (default 128 256 256)")
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="parallel workers (default: all cores)")
@@ -55,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
 
     from mediar3d import reconstruct
     from mediar3d.io.ctc import write_mask
-    from mediar3d.resample import labels_to_original
 
     workers = args.workers or os.cpu_count() or 1
     numba.set_num_threads(max(1, min(int(workers), numba.config.NUMBA_NUM_THREADS)))
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         array, attrs, args.method, prob_threshold=args.prob_threshold, diameter_px=args.diameter_px,
         min_size=args.min_size, block=args.block, scheduler=args.scheduler, workers=args.workers)
     original = _original_shape(attrs, args.input, labels_iso.shape)
-    labels = labels_iso if tuple(labels_iso.shape) == original else labels_to_original(labels_iso, original)
+    labels = reconstruct.labels_on_original_grid(labels_iso, array, {**attrs, "original_shape": original}, args.method,
+                                                 args.prob_threshold, args.boundary)
     n = int(labels.max()) if labels.size else 0
     write_mask(args.out, labels)
     log.info("reconstruct (%s): %d objects -> %s", args.method, n, args.out)

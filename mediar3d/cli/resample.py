@@ -1,7 +1,9 @@
 """`mediar3d resample`: normalize one frame and resample it to isotropic voxels (iso.zarr).
 
 The normalization percentiles and the training object diameter come from the model checkpoint's
-metadata; `--diameter` (um) or `--diameter-from-gt` (a GT label TIFF) rescales objects to it.
+metadata. Objects are rescaled to the training diameter from their typical diameter: estimated from
+the image and the network (`--diameter auto`, the default; see mediar3d.size), given in um, or
+measured on a GT label TIFF (`--diameter-from-gt`); `--diameter none` keeps the finest voxel size.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="ISO.zarr", help="output zarr array")
     parser.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
                         help="voxel size in um (default: from the file's metadata or dataset.json)")
-    parser.add_argument("--diameter", type=float, metavar="UM",
-                        help="typical object diameter in um: rescale so objects have the model's training diameter")
+    parser.add_argument("--diameter", default="auto", metavar="UM|auto|none",
+                        help="typical object diameter in um, rescaled to the model's training diameter; 'auto' "
+                        "(default) estimates it from the image and the network, 'none' does not rescale")
     parser.add_argument("--diameter-from-gt", type=Path, metavar="GT.tif",
                         help="take the diameter as the median equivalent diameter of this GT label volume")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="where the network runs for --diameter auto (auto: CUDA when available)")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads for --diameter auto")
     parser.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="normalization percentiles (default: the checkpoint's, else 1 99.8)")
     parser.add_argument("--max-gib", type=float, default=MAX_ISO_GIB, metavar="GIB",
@@ -73,22 +79,21 @@ def read_volume(path: Path, timepoint: int = 0, voxel_size: Sequence[float] | No
     return ctc.read_frame(path), ctc.resolve_voxel_size(path, voxel_size)
 
 
-def resolve_diameter(args: argparse.Namespace, voxel_size) -> float | None:
-    """--diameter, or the median object diameter of --diameter-from-gt, or None."""
-    if args.diameter is not None:
-        if args.diameter <= 0:
-            raise InputError(None, f"--diameter must be positive, got {args.diameter}")
-        return float(args.diameter)
+def resolve_diameter(args: argparse.Namespace, voxel_size) -> float | str | None:
+    """The median object diameter of --diameter-from-gt, else --diameter (a number, 'auto' or None)."""
     if args.diameter_from_gt is not None:
         from mediar3d.io.ctc import read_labels
         from mediar3d.resample import diameter_from_labels
 
         return diameter_from_labels(read_labels(args.diameter_from_gt), voxel_size)
-    return None
+    from mediar3d.size import parse_diameter
+
+    return parse_diameter(args.diameter)
 
 
 def run(args: argparse.Namespace) -> int:
     from mediar3d.resample import resample_frame
+    from mediar3d.size import AUTO
 
     if not args.max_gib > 0:
         raise InputError(None, f"--max-gib must be positive, got {args.max_gib}")
@@ -96,10 +101,16 @@ def run(args: argparse.Namespace) -> int:
     settings = model_settings(args.model)
     percentiles = tuple(args.percentiles) if args.percentiles else settings["percentiles"]
     diameter = resolve_diameter(args, voxel_size)
-    if diameter is not None and settings["train_diameter_px"] is None:
-        raise InputError(args.model, "--diameter needs a checkpoint (--model) that records train_diameter_px")
+    model, meta, device = None, {}, "cpu"
+    if diameter == AUTO and settings["train_diameter_px"]:
+        from mediar3d.infer import load_model, resolve_device, set_threads
+
+        set_threads(args.threads)
+        device = resolve_device(args.device)
+        model, meta = load_model(args.model, device)
     resample_frame(volume, voxel_size, args.out, percentiles=percentiles, diameter_um=diameter,
-                   train_diameter_px=settings["train_diameter_px"], source=str(args.input), timepoint=args.timepoint,
+                   train_diameter_px=settings["train_diameter_px"], model=model, device=device,
+                   flow_scale=meta.get("flow_scale"), source=str(args.input), timepoint=args.timepoint,
                    max_gib=args.max_gib)
     log.info("wrote %s", args.out)
     return 0

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from mediar3d.config import METHODS
+from mediar3d.config import BOUNDARIES, METHODS
 from mediar3d.errors import InputError
 from mediar3d.io.ctc import RESULT_FOLDER
 from mediar3d.io.omezarr import is_ome_zarr
@@ -38,8 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="voxel size in um (default: from the files' metadata or dataset.json)")
     parser.add_argument("--model", type=Path, metavar="CKPT", help="model checkpoint (default: the shipped one in models/)")
     parser.add_argument("--method", choices=METHODS, default="mediar3d", help="segmentation method (default mediar3d)")
-    parser.add_argument("--diameter", type=float, metavar="UM",
-                        help="typical object diameter in um (rescales objects to the model's training diameter)")
+    parser.add_argument("--diameter", default="auto", metavar="UM|auto|none",
+                        help="typical object diameter in um, rescaled to the model's training diameter; 'auto' "
+                        "(default) estimates it per frame from the image and the network, 'none' does not rescale")
+    parser.add_argument("--boundary", choices=BOUNDARIES, default="probability",
+                        help="object boundaries on the original grid from the interpolated probability (default) "
+                        "or by nearest neighbour from the iso labels")
     parser.add_argument("--frames", type=int, nargs="+", metavar="T", help="only these timepoints (default: all)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -101,21 +105,23 @@ def _check_wanted(path: Path, wanted, available) -> None:
 
 
 def segment_volume(volume, voxel_size: Sequence[float], workdir: Path, *, method: str = "mediar3d",
-                   model=None, meta: dict | None = None, diameter_um: float | None = None,
-                   device: str = "auto", tta: bool = False, source: str = "", timepoint: int = 0,
+                   model=None, meta: dict | None = None, diameter_um=None, device: str = "auto", tta: bool = False,
+                   boundary: str = "probability", source: str = "", timepoint: int = 0,
                    progress: bool = True) -> np.ndarray:
     """Labels (uint32, the volume's shape) of one (Z, Y, X) frame; intermediates go under `workdir`.
-    The same stages as the workflow: resample -> (infer -> fuse) -> reconstruct -> original grid."""
+    The same stages as the workflow: resample -> (infer -> fuse) -> reconstruct -> original grid.
+    `diameter_um`: a number (um), "auto" (estimated, see mediar3d.size) or None (no rescaling)."""
     from mediar3d import reconstruct
-    from mediar3d.resample import DEFAULT_PERCENTILES, labels_to_original, resample_frame
+    from mediar3d.infer import resolve_device
+    from mediar3d.resample import DEFAULT_PERCENTILES, resample_frame
 
     if method not in METHODS:
         raise InputError(None, f"unknown method {method!r}: choose from {METHODS}")
     meta = meta or {}
     percentiles = meta.get("norm_percentiles") or DEFAULT_PERCENTILES
-    train_diameter = meta.get("train_diameter_px") if diameter_um else None
     iso = resample_frame(volume, voxel_size, workdir / "iso.zarr", percentiles=percentiles, diameter_um=diameter_um,
-                         train_diameter_px=train_diameter, source=source, timepoint=timepoint)
+                         train_diameter_px=meta.get("train_diameter_px"), model=model, device=resolve_device(device),
+                         flow_scale=meta.get("flow_scale"), source=source, timepoint=timepoint)
     stage_input = workdir / "iso.zarr"
     if method != "classical":
         from mediar3d.infer import predict_views
@@ -130,7 +136,9 @@ def segment_volume(volume, voxel_size: Sequence[float], workdir: Path, *, method
         fuse_zarr(workdir / "views.zarr", workdir / "field.zarr")
         stage_input = workdir / "field.zarr"
     array, attrs = reconstruct.open_method_input(stage_input, method)
-    return labels_to_original(reconstruct.reconstruct_method(array, attrs, method), tuple(volume.shape))
+    labels = reconstruct.reconstruct_method(array, attrs, method)
+    return reconstruct.labels_on_original_grid(labels, array, {**attrs, "original_shape": list(volume.shape)},
+                                               method, boundary=boundary)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +163,7 @@ def _check_no_other_masks(out: Path, names: set[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from mediar3d.io.atomic import atomic_path, scratch_dir
     from mediar3d.io.ctc import write_mask, write_tracks
+    from mediar3d.size import parse_diameter
     from mediar3d.tracking import Linker
 
     _check_frames(args.frames)
@@ -167,15 +176,14 @@ def run(args: argparse.Namespace) -> int:
         set_threads(args.threads)
         model_path = args.model or default_model_path()
         model, meta = load_model(model_path, resolve_device(args.device))
-        if args.diameter and not meta.get("train_diameter_px"):
-            raise InputError(model_path, "--diameter needs a checkpoint that records train_diameter_px")
     linker = Linker(frames[0][0])
     with atomic_path(args.out, RESULT_FOLDER) as res:  # all frames or nothing under args.out
         for t, name, volume, voxel_size in iter_frames(args.input, args.voxel_size, args.frames):
             with scratch_dir(f"segment-t{t}") as tmp:
                 labels = segment_volume(volume, voxel_size, tmp, method=args.method, model=model, meta=meta,
-                                        diameter_um=args.diameter, device=args.device, tta=args.tta,
-                                        source=str(args.input), timepoint=t, progress=not args.no_progress)
+                                        diameter_um=parse_diameter(args.diameter), device=args.device, tta=args.tta,
+                                        boundary=args.boundary, source=str(args.input), timepoint=t,
+                                        progress=not args.no_progress)
             write_mask(res / name, linker.add(labels, t, name), voxel_size)
             log.info("frame %d: %d objects, %d tracks so far", t, linker.n_objects, linker.n_tracks)
         write_tracks(res / "res_track.txt", linker.tracks.tolist())

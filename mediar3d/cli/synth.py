@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="volume shape in voxels, z at the preset's anisotropy (--anisotropy rescales z to keep "
                         "the physical depth; default: preset's)")
+    parser.add_argument("--randomize", action="store_true",
+                        help="draw the optics (PSF, brightness, background, noise) from wide ranges: training data")
     parser.add_argument("--preview", action="store_true", help="also write preview/tTTT.png (xy + xz slices)")
 
 
@@ -30,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from mediar3d.synthetic import make_dataset
 
     out = make_dataset(args.preset, args.seed, args.out, frames=args.frames, anisotropy=args.anisotropy,
-                       shape=tuple(args.shape) if args.shape else None, preview=args.preview)
+                       shape=tuple(args.shape) if args.shape else None, preview=args.preview,
+                       randomize=args.randomize)
     info = json.loads((out / "dataset.json").read_text())
     print(out)
     print(f"preset {info['preset']}  seed {info['seed']}  frames {info['n_frames']}  shape {info['shape_zyx']}  "

@@ -237,7 +237,8 @@ def resample_options(wildcards):
     return " ".join(filter(None, [
         option("--model", MODEL),
         option("--voxel-size", entry["voxel_size"]),
-        option("--diameter", entry["diameter"]),
+        option("--diameter", "none" if entry["diameter"] is None else entry["diameter"]),
+        option("--device", config["device"]),
         option("--percentiles", config["resample"]["percentiles"]),
         option("--max-gib", config["resample"]["max_gib"]),
     ]))

@@ -13,6 +13,7 @@ rule reconstruct:
     params:
         method=METHOD,
         prob_threshold=RECONSTRUCT["prob_threshold"],
+        boundary=RECONSTRUCT["boundary"],
         options=" ".join(filter(None, [option("--min-size", RECONSTRUCT["min_size"]),
                                        option("--diameter-px", RECONSTRUCT["diameter_px"]),
                                        option("--block", RECONSTRUCT["block"])])),
@@ -27,4 +28,5 @@ rule reconstruct:
         ENV
     shell:
         "mediar3d reconstruct --input {input:q} --out {output:q} --method {params.method}"
-        " --prob-threshold {params.prob_threshold} {params.options} --workers {threads} > {log:q} 2>&1"
+        " --prob-threshold {params.prob_threshold} --boundary {params.boundary} {params.options}"
+        " --workers {threads} > {log:q} 2>&1"

@@ -17,8 +17,9 @@ rule resample:
     threads: RES["resample"]["threads"]
     resources:
         **resources_of("resample"),
+        gpu=GPUS,
     conda:
         ENV
     shell:
         "mediar3d resample --input {input.frame:q} --timepoint {params.timepoint} --out {output:q} {params.options}"
-        " > {log:q} 2>&1"
+        " --threads {threads} > {log:q} 2>&1"

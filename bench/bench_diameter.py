@@ -1,0 +1,106 @@
+"""Diameter estimate (`--diameter auto`) against the ground truth's, across object scales.
+
+Held-out synthetic volumes (seeds 0-2, never used for training or tuning; frame 0 with full 3D GT) are
+rescaled by 0.5-2x (image trilinear, GT nearest; the voxel size is kept, so the objects' size in um
+changes with them). For each: the GT's median equivalent-sphere diameter, the image prior, the final
+estimate (prior + network) and their ratios to the truth, and the time. For a subset, 3D SEG of the
+whole pipeline (`mediar3d.cli.segment.segment_volume`) with the estimate and with the true diameter.
+The real BBBC050 volumes are listed as they are. Results: bench/results/bench_diameter.md.
+
+    .venv/bin/python bench/bench_diameter.py [--model models/mediar3d_default.pt] [--seg-scales 0.5 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from benchutil import header, write_report  # noqa: E402  (bench/ is the script's folder)
+from scipy import ndimage as ndi
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mediar3d.cli.segment import segment_volume  # noqa: E402
+from mediar3d.evaluate import evaluate_frame  # noqa: E402
+from mediar3d.infer import load_model  # noqa: E402
+from mediar3d.resample import diameter_from_labels, percentile_range  # noqa: E402
+from mediar3d.size import estimate_diameter  # noqa: E402
+
+from bench_error_budget import BBBC050, load_case, synthetic_case  # noqa: E402
+
+#: (preset, seed, anisotropy, shape at the preset's anisotropy)
+CASES = [("zebrafish", 0, 4, (16, 96, 96)), ("zebrafish", 1, 8, (16, 96, 96)), ("sparse", 0, 2, (16, 96, 96)),
+         ("celegans", 0, 10, (10, 128, 128)), ("thin", 0, 5, (6, 128, 128))]
+SCALES = (0.5, 0.71, 1.0, 1.41, 2.0)
+
+
+def seg_with(image, gt, voxel, model, meta, diameter) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = segment_volume(image, voxel, Path(tmp), model=model, meta=meta, diameter_um=diameter,
+                                device="cpu", progress=False)
+    return float(evaluate_frame(labels, gt)["seg"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "mediar3d_default.pt")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "diameter")
+    parser.add_argument("--seg-scales", type=float, nargs="*", default=[0.5, 1.0, 2.0],
+                        help="scales at which SEG with the estimate and with the true diameter are compared")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench_diameter.md")
+    args = parser.parse_args()
+    import torch
+
+    from mediar3d.infer import set_threads
+
+    set_threads(2)
+    model, meta = load_model(args.model, torch.device("cpu"))
+    train_px = float(meta["train_diameter_px"])
+    items = []
+    for case in CASES:
+        name, folder = synthetic_case(args.work, *case)
+        image, gt, voxel = load_case(folder, 0)
+        for scale in SCALES:
+            img = image if scale == 1 else ndi.zoom(image.astype(np.float32), scale, order=1)
+            lab = gt if scale == 1 else ndi.zoom(gt, scale, order=0)
+            items.append((name, scale, img, lab, voxel))
+    if BBBC050.is_dir():
+        items += [(f"bbbc050 t{t}", 1.0, *load_case(BBBC050, t)) for t in (0, 1)]
+    rows = []
+    for name, scale, img, lab, voxel in items:
+        truth = diameter_from_labels(lab, voxel)
+        t0 = time.perf_counter()
+        found = estimate_diameter(img, voxel, model, train_px, percentile_range(img, meta["norm_percentiles"]))
+        row = {"case": name, "scale": scale, "shape": "x".join(map(str, img.shape)), "GT um": truth,
+               "prior um": found.prior_um, "prior / GT": found.prior_um / truth, "estimate um": found.diameter_um,
+               "estimate / GT": found.diameter_um / truth, "network steps": len(found.steps),
+               "seconds": time.perf_counter() - t0}
+        if scale in args.seg_scales or name.startswith("bbbc050"):
+            row["SEG estimate"] = seg_with(img, lab, voxel, model, meta, found.diameter_um)
+            row["SEG true diameter"] = seg_with(img, lab, voxel, model, meta, truth)
+            row["SEG difference"] = row["SEG estimate"] - row["SEG true diameter"]
+        rows.append(row)
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    table = pd.DataFrame(rows)
+    synthetic = table[~table["case"].str.startswith("bbbc050")]
+    within = (synthetic["estimate / GT"] - 1).abs()
+    lines = header(f"Diameter estimate ({args.model.name})")
+    lines += [f"Synthetic volumes rescaled {SCALES[0]}-{SCALES[-1]}x: estimate / GT from "
+              f"{synthetic['estimate / GT'].min():.3f} to {synthetic['estimate / GT'].max():.3f} "
+              f"(within 15%: {int((within <= 0.15).sum())} of {len(within)}); prior alone from "
+              f"{synthetic['prior / GT'].min():.3f} to {synthetic['prior / GT'].max():.3f}.",
+              f"SEG with the estimate minus SEG with the true diameter: largest drop "
+              f"{-table['SEG difference'].min():.3f}, mean {table['SEG difference'].mean():+.3f}.", "",
+              table.to_markdown(index=False, floatfmt=".3f"), ""]
+    write_report(args.out, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

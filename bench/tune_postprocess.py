@@ -1,0 +1,94 @@
+"""Choose the reconstruction's probability threshold and minimum object size for 3D SEG on VALIDATION
+volumes only (synthetic seeds 1900+, never the test seeds 0-99 nor the real BBBC050 volumes).
+
+Each validation frame goes through resample (estimated diameter) -> infer -> fuse once; then the
+field is reconstructed and mapped back to the original grid for every (threshold, minimum size) pair;
+3D SEG is averaged over the frames. Results: bench/results/tune_postprocess.md.
+
+    .venv/bin/python bench/tune_postprocess.py [--model models/mediar3d_default.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from benchutil import header, write_report  # noqa: E402  (bench/ is the script's folder)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mediar3d.evaluate import evaluate_frame  # noqa: E402
+from mediar3d.fuse import fuse_views  # noqa: E402
+from mediar3d.infer import VIEWS, load_model, predict_view, set_threads  # noqa: E402
+from mediar3d.reconstruct import masks_from_field  # noqa: E402
+from mediar3d.resample import labels_to_original, percentile_range, resample_to_iso, zoom_factors  # noqa: E402
+from mediar3d.size import choose_diameter  # noqa: E402
+
+from bench_error_budget import load_case, synthetic_case  # noqa: E402
+
+#: validation cases: (preset, seed, anisotropy, shape at the preset's anisotropy); seeds 1900+
+VALIDATION = [("zebrafish", 1901, 4, (32, 128, 128)), ("zebrafish", 1902, 8, (32, 128, 128)),
+              ("sparse", 1901, 2, (24, 128, 128)), ("celegans", 1901, 10, (16, 128, 128)),
+              ("thin", 1901, 5, (6, 192, 192))]
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+#: minimum object size as a fraction of the volume of a ball of the training diameter
+MIN_FRACTIONS = (0.05, 0.1, 0.15, 0.25)
+
+
+def field_of(image, voxel, model, meta):
+    train_px = float(meta["train_diameter_px"])
+    norm = percentile_range(image, meta["norm_percentiles"])
+    diameter = choose_diameter(image, voxel, "auto", model=model, train_diameter_px=train_px, norm_range=norm)
+    iso = resample_to_iso(image, zoom_factors(voxel, diameter, train_px), norm_range=norm)
+    views = {}
+    for view in VIEWS:
+        views[view] = np.zeros((3, *iso.shape), np.float32)
+        predict_view(model, iso, view, views[view], progress=False, flow_scale=meta.get("flow_scale"))
+    return fuse_views(views["xy"], views["xz"], views["yz"]), train_px
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "mediar3d_default.pt")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "tune")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tune_postprocess.md")
+    args = parser.parse_args()
+    set_threads(2)
+    import torch
+
+    model, meta = load_model(args.model, torch.device("cpu"))
+    rows = []
+    for case in VALIDATION:
+        name, folder = synthetic_case(args.work, *case)
+        image, gt, voxel = load_case(folder, 0)
+        field, train_px = field_of(image, voxel, model, meta)
+        ball = math.pi / 6 * train_px ** 3
+        for threshold, fraction in itertools.product(THRESHOLDS, MIN_FRACTIONS):
+            labels = masks_from_field(field, prob_threshold=threshold, diameter_px=train_px,
+                                      min_size=int(fraction * ball))
+            pred = labels_to_original(labels, gt.shape, prob=field[3], threshold=threshold)
+            metrics = evaluate_frame(pred, gt)
+            rows.append({"case": name, "threshold": threshold, "min_size_fraction": fraction, "seg": metrics["seg"],
+                         "ap75": metrics["ap75"], "fg_ratio": float((pred > 0).sum() / max(1, (gt > 0).sum()))})
+        print(name, "done", flush=True)
+    table = pd.DataFrame(rows)
+    grid = table.pivot_table(index="threshold", columns="min_size_fraction", values="seg", aggfunc="mean")
+    best = grid.stack().idxmax()
+    per_case = table.pivot_table(index=["threshold", "min_size_fraction"], columns="case", values="seg")
+    lines = [*header(f"Post-processing chosen on validation volumes ({args.model.name})"),
+             "Mean 3D SEG over the validation frames (rows: probability threshold, columns: minimum object size "
+             "as a fraction of a ball of the training diameter):", "", grid.round(4).to_markdown(), "",
+             f"Best: threshold {best[0]}, minimum size fraction {best[1]} (SEG {grid.loc[best]:.4f}).", "",
+             "Per case:", "", per_case.round(4).to_markdown(), ""]
+    write_report(args.out, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Object size estimation (mediar3d.size): the diameter setting, the image prior across scales, and
+the estimate with the shipped network on a held-out synthetic volume."""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from mediar3d import size
+from mediar3d.errors import InputError
+from mediar3d.resample import diameter_from_labels
+from mediar3d.synthetic import jittered_balls
+
+
+def test_parse_diameter_settings():
+    assert size.parse_diameter("auto") == size.AUTO and size.parse_diameter("AUTO") == size.AUTO
+    assert size.parse_diameter(None) is None and size.parse_diameter("none") is None
+    assert size.parse_diameter("7.5") == 7.5 and size.parse_diameter(3) == 3.0
+    for bad in ("big", -2, 0, float("nan")):
+        with pytest.raises(InputError):
+            size.parse_diameter(bad)
+
+
+def _balls_image(scale: float, anisotropy: float = 2.0, seed: int = 0):
+    """Blurred, noisy balls of diameter ~8 * scale (fine px) sampled every `anisotropy` px along z:
+    (image, labels, voxel size um)."""
+    fine = jittered_balls((int(48 * scale), int(48 * scale), int(48 * scale)), spacing=int(12 * scale),
+                          radius=4.0 * scale, jitter=scale, seed=seed)
+    labels = fine[::int(anisotropy)]
+    rng = np.random.default_rng(seed)
+    brightness = rng.uniform(0.6, 1.4, labels.max() + 1)[labels] * (labels > 0)
+    image = ndi.gaussian_filter(brightness.astype(np.float32), (0.6, 1.0, 1.0)) * 200 + 20
+    image = rng.poisson(image).astype(np.uint16)
+    return image, labels, (0.5 * anisotropy, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_image_prior_within_15_percent_and_scale_invariant(scale):
+    image, labels, voxel = _balls_image(scale)
+    truth = diameter_from_labels(labels, voxel)
+    estimate = size.image_diameter(image, voxel)
+    assert abs(estimate / truth - 1) < 0.15, (estimate, truth)
+
+
+def test_image_prior_refines_on_a_crop_when_objects_are_small_on_the_coarse_grid(monkeypatch):
+    image, labels, voxel = _balls_image(1.0)
+    monkeypatch.setattr(size, "PRIOR_VOXELS", 4096)  # coarse grid of 16^3: balls ~3 voxels wide
+    truth = diameter_from_labels(labels, voxel)
+    assert abs(size.image_diameter(image, voxel) / truth - 1) < 0.2
+
+
+def test_flat_volume_is_a_clear_error():
+    with pytest.raises(InputError, match="flat"):
+        size.image_diameter(np.full((8, 16, 16), 7, np.uint16), (1.0, 1.0, 1.0))
+
+
+def test_choose_diameter_passes_numbers_and_none_and_estimates_auto_without_a_network():
+    image, labels, voxel = _balls_image(1.0)
+    assert size.choose_diameter(image, voxel, 6.0) == 6.0
+    assert size.choose_diameter(image, voxel, "none") is None
+    estimate = size.choose_diameter(image, voxel, "auto")  # no model: the image prior
+    assert estimate == pytest.approx(size.image_diameter(image, voxel))
+
+
+def test_estimate_with_the_shipped_network_on_held_out_synthetic_data(tmp_path):
+    """The whole estimate (prior + network) on a small held-out sparse volume, at half and twice its scale."""
+    import torch
+
+    from mediar3d.infer import load_model
+    from mediar3d.io.ctc import read_frame, read_labels
+    from mediar3d.model import DEFAULT_MODEL
+    from mediar3d.resample import percentile_range
+    from mediar3d.synthetic import make_dataset
+
+    data = make_dataset("sparse", 3, tmp_path / "sparse", frames=1, shape=(12, 80, 80))
+    image = read_frame(data / "01" / "t000.tif")
+    labels = read_labels(data / "01_GT" / "SEG" / "man_seg000.tif")
+    model, meta = load_model(DEFAULT_MODEL, torch.device("cpu"))
+    voxel = (1.0, 0.5, 0.5)
+    for zoom in (0.6, 1.8):
+        img = ndi.zoom(image.astype(np.float32), zoom, order=1)
+        lab = ndi.zoom(labels, zoom, order=0)
+        truth = diameter_from_labels(lab, voxel)
+        found = size.estimate_diameter(img, voxel, model, meta["train_diameter_px"], percentile_range(img),
+                                       max_iterations=1)
+        assert abs(found.diameter_um / truth - 1) < 0.25, (zoom, found.describe(), truth)
+        assert found.steps and "um" in found.describe()
