@@ -23,6 +23,7 @@ sys.path.insert(0, workflow.basedir)
 shell.prefix(f"set -euo pipefail; export PATH=\"$PATH:{os.path.dirname(sys.executable)}\"; ")
 
 from mediar3d.config import check_datasets, validate_config
+from mediar3d.io.runlock import hold as hold_output_folder
 
 
 # the embedded default, unless --configfile names the config (which would otherwise be merged into it)
@@ -64,6 +65,12 @@ rule all:
     default_target: True
     input:
         final_targets,
+
+
+# one run per output folder: Snakemake's lock does not cover the jobs added after the info checkpoint,
+# nor runs from another working directory (mediar3d/io/runlock.py); a second run stops here
+onstart:
+    hold_output_folder(config["out"])
 
 
 onsuccess:

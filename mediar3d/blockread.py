@@ -37,7 +37,7 @@ def read_into(field, box: tuple[slice, ...], out: np.ndarray) -> np.ndarray:
     if isinstance(field, zarr.Array) and field.dtype == np.float32:
         store.read_on_this_thread(field, key, out)
     else:
-        np.copyto(out, np.asarray(field[key]), casting="same_kind")
+        np.copyto(out, store.read(field, key), casting="same_kind")
     return out
 
 

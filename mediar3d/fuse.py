@@ -66,9 +66,10 @@ def fuse_zarr(views_path: str | os.PathLike, out_path: str | os.PathLike, chunks
     shape = _check_views(xy, xz, yz)
     attrs = {k: v for k, v in dict(group.attrs).items() if k != "views"}
     attrs["channels"] = list(FIELD_CHANNELS)
-    with store.atomic_zarr(out_path) as tmp:
+    with store.atomic_zarr(out_path, "field") as tmp:
         out = store.create_array(tmp, (4, *shape), np.float32, chunks, attrs)
         for z0, z1 in slab_bounds(shape[0], shape[1] * shape[2], slab_voxels, out.chunks[1]):
-            out[:, z0:z1] = fuse_views(xy[:, z0:z1], xz[:, z0:z1], yz[:, z0:z1])
+            slab = np.s_[:, z0:z1]
+            out[slab] = fuse_views(store.read(xy, slab), store.read(xz, slab), store.read(yz, slab))
     log.info("fused %s -> %s, field shape %s", views_path, out_path, (4, *shape))
     return Path(out_path)

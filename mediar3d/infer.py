@@ -223,6 +223,8 @@ def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = 
         raise ValueError(f"unknown view {view!r}: choose from {VIEWS}")
     if tuple(out.shape) != (3, *volume.shape):
         raise ValueError(f"output shape {tuple(out.shape)} does not match (3, *{tuple(volume.shape)})")
+    from mediar3d.io import store
+
     axis = VIEW_AXIS[view]
     plane = int(np.prod([s for a, s in enumerate(volume.shape) if a != axis]))
     align = int(out.chunks[1 + axis]) if hasattr(out, "chunks") else 1
@@ -231,7 +233,7 @@ def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = 
     with bar:
         for start, stop in bounds:
             index = _slab_index(axis, start, stop)
-            slab = np.moveaxis(np.asarray(volume[index], dtype=np.float32), axis, 0)
+            slab = np.moveaxis(store.read(volume, index).astype(np.float32, copy=False), axis, 0)
             pred = predict_slices(model, slab, tile, overlap, batch, tta, device, progress=bar, flow_scale=flow_scale)
             out[(slice(None),) + index] = np.moveaxis(pred.transpose(1, 0, 2, 3), 1, 1 + axis)
     log.info("view %s: %d slices in %d slabs", view, volume.shape[axis], len(bounds))
@@ -267,7 +269,7 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
     attrs = {**dict(iso.attrs), "model": str(model_name or type(model).__name__), "views": views}
     if prob_threshold is not None:
         attrs["prob_threshold"] = float(prob_threshold)
-    with store.atomic_zarr(out_path) as tmp:
+    with store.atomic_zarr(out_path, "views") as tmp:
         group = _create_views_group(tmp, iso.shape, views, attrs)
         for view in views:
             predict_view(model, iso, view, group[view], tile=tile, overlap=overlap, batch=batch, tta=tta,
@@ -276,15 +278,11 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
 
 
 def _create_views_group(path: Path, shape: Sequence[int], views: Sequence[str], attrs: Mapping):
-    import zarr
+    from mediar3d.io import store
 
-    from mediar3d.io.store import COMPRESSORS, default_chunks
-
-    group = zarr.open_group(str(path), mode="w")
-    group.attrs.update(dict(attrs))
+    group = store.create_group(path, attrs)
     full = (3, *shape)
     for view in views:
-        array = group.create_array(view, shape=full, chunks=default_chunks(full), dtype="float32", fill_value=0.0,
-                                   compressors=COMPRESSORS)
+        array = store.create_array(path / view, full, np.float32, fill_value=0.0)
         array.attrs.update({"components": [*VIEW_COMPONENTS[view], "logit"], "slice_axis": "zyx"[VIEW_AXIS[view]]})
     return group

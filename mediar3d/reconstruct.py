@@ -825,8 +825,9 @@ def reconstruct_method(array, attrs, method: str, *, prob_threshold: float | Non
     if method == "xy-stitch":
         return xy_stitch_from_views(array, prob_threshold=prob_threshold, diameter_px=diameter_px, min_size=min_size)
     from mediar3d.baselines import classical_segment
+    from mediar3d.io import store
 
-    return np.asarray(classical_segment(np.asarray(array), diameter_px=diameter_px, min_size=min_size), dtype=np.uint32)
+    return np.asarray(classical_segment(store.read(array), diameter_px=diameter_px, min_size=min_size), dtype=np.uint32)
 
 
 class _Probability:
@@ -840,10 +841,12 @@ class _Probability:
         self.ndim = 3
 
     def __getitem__(self, key):
+        from mediar3d.io import store
+
         key = key if isinstance(key, tuple) else (key,)
         if self.method == "mediar3d":
-            return np.asarray(self.array[(3, *key)], np.float32)
-        return expit(np.asarray(self.array[(2, *key)], np.float32))
+            return store.read(self.array, (3, *key)).astype(np.float32, copy=False)
+        return expit(store.read(self.array, (2, *key)).astype(np.float32, copy=False))
 
 
 def method_probability(array, method: str):
@@ -927,9 +930,11 @@ def xy_stitch_from_views(xy, prob_threshold: float = 0.5, niter: int | None = No
     shape = tuple(getattr(xy, "shape", ()))
     if len(shape) != 4 or shape[0] != 3:
         raise InputError(None, f"xy view must be (3, Z, Y, X) = (dy, dx, logit), got shape {shape}")
+    from mediar3d.io import store
+
     slices = np.zeros(shape[1:], np.uint32)
     for z in range(shape[1]):
-        plane = np.asarray(xy[:, z], np.float32)
+        plane = store.read(xy, np.s_[:, z]).astype(np.float32, copy=False)
         prob = expit(plane[2])
         slices[z] = masks_from_flows_2d(plane[:2], prob, prob_threshold, niter, diameter_px, min_size)
     return stitch_slices(slices, iou_threshold)

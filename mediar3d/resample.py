@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,6 +34,12 @@ DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
 HIST_BINS = 1 << 20
 #: voxels per slab when streaming through a volume (4 Mi voxels: 16 MiB as float32)
 SLAB_VOXELS = 1 << 22
+#: default budget: the largest isotropic volume one frame may resample to, in GiB of float32
+#: (64 GiB: a 2048 x 2048 x 4096-voxel frame; the views and field of a frame are 9x and 4x its size)
+MAX_ISO_GIB = 64.0
+#: voxel anisotropy (largest / smallest edge) above which the voxel size is probably wrong
+#: (light-sheet and confocal stacks are typically 1-10)
+IMPLAUSIBLE_ANISOTROPY = 20.0
 
 Zoom = tuple[float, float, float]
 
@@ -40,11 +49,11 @@ Zoom = tuple[float, float, float]
 
 
 def _read(volume, index) -> np.ndarray:
-    """`volume[index]` as a numpy array (dask slabs are computed, zarr slabs read)."""
-    block = volume[index]
-    if hasattr(block, "compute"):
-        block = block.compute()
-    return np.asarray(block)
+    """`volume[index]` as a numpy array (dask slabs are computed, zarr slabs read with
+    `mediar3d.io.store.read`'s checks)."""
+    from mediar3d.io import store
+
+    return store.read(volume, index)
 
 
 def slab_bounds(length: int, plane_voxels: int, max_voxels: int = SLAB_VOXELS, align: int = 1) -> list[tuple[int, int]]:
@@ -241,7 +250,7 @@ def resample_to_iso(volume, zoom: Sequence[float], out=None, norm_range: tuple[f
         return _out_slab(volume, zc_all, shape_out[1:], low, high)
     from mediar3d.io import store
 
-    with store.atomic_zarr(out) as tmp:
+    with store.atomic_zarr(out, "iso") as tmp:
         array = store.create_array(tmp, shape_out, np.float32, chunks, attrs)
         align = array.chunks[0]
         bounds = slab_bounds(shape_out[0], shape_out[1] * shape_out[2], slab_voxels, align)
@@ -344,23 +353,59 @@ def iso_attrs(voxel_size: Sequence[float], original_shape: Sequence[int], zoom: 
     return attrs
 
 
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the file system that `path` (or its nearest existing parent) lies on."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return shutil.disk_usage(os.getcwd()).free
+
+
+def check_iso_budget(shape_out: Sequence[int], out, source, max_gib: float = MAX_ISO_GIB) -> None:
+    """Refuse (InputError naming `source`) an isotropic float32 volume of `shape_out` larger than
+    `max_gib` GiB or than the free space where `out` goes, before anything is written."""
+    need = math.prod(int(n) for n in shape_out) * 4
+    gib = need / 2**30
+    if need > max_gib * 2**30:
+        raise InputError(source, f"resampled to isotropic voxels the frame would be {tuple(shape_out)} voxels, "
+                                 f"{gib:.3g} GiB, over the budget of {max_gib:g} GiB (--max-gib, config "
+                                 "resample.max_gib): check the voxel size (z, y, x in um)")
+    free = _free_bytes(Path(out))
+    if need > free:
+        raise InputError(source, f"resampled to isotropic voxels the frame would be {gib:.3g} GiB, more than the "
+                                 f"{free / 2**30:.3g} GiB free where {out} goes")
+
+
+def warn_implausible_anisotropy(voxel_size: Sequence[float], source) -> None:
+    """Log a warning when the voxel size's anisotropy exceeds `IMPLAUSIBLE_ANISOTROPY`."""
+    ratio = max(voxel_size) / min(voxel_size)
+    if ratio > IMPLAUSIBLE_ANISOTROPY:
+        log.warning("%s: voxel size %s um has anisotropy %.3g (largest / smallest edge), implausible for a "
+                    "microscope stack (typically 1-10): check the voxel size and its units", source,
+                    tuple(voxel_size), ratio)
+
+
 def resample_frame(volume, voxel_size: Sequence[float], out, *, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
                    diameter_um=None, train_diameter_px: float | None = None, model=None, device="cpu",
                    flow_scale: float | None = None, source: str = "", timepoint: int = 0,
-                   chunks: Sequence[int] | None = None):
+                   chunks: Sequence[int] | None = None, max_gib: float = MAX_ISO_GIB):
     """The `resample` stage: normalize (percentiles over the whole volume) and resample a raw (Z, Y, X)
     frame to the isotropic grid, written to the zarr array `out` with the iso attrs. Returns `out`.
 
     `diameter_um`: the typical object diameter (um), "auto" to estimate it (`mediar3d.size`, with
     `model` when given), or None for no rescaling. With a diameter and `train_diameter_px`, objects
-    come out train_diameter_px voxels wide; the diameter (iso voxels) is recorded as `diameter_px`."""
+    come out train_diameter_px voxels wide; the diameter (iso voxels) is recorded as `diameter_px`.
+    A result over `max_gib` GiB or the free disk space is refused before anything is written
+    (`check_iso_budget`)."""
     from mediar3d.size import choose_diameter
 
     _check_volume(volume, source or None)
+    warn_implausible_anisotropy(voxel_size, source)
     norm_range = percentile_range(volume, percentiles)
     diameter_um = choose_diameter(volume, voxel_size, diameter_um, model=model, train_diameter_px=train_diameter_px,
                                   norm_range=norm_range, device=device, flow_scale=flow_scale, source=source)
     zoom = zoom_factors(voxel_size, diameter_um, train_diameter_px)
+    check_iso_budget(iso_shape(volume.shape, zoom), out, source or out, max_gib)
     attrs = iso_attrs(voxel_size, volume.shape, zoom, source, timepoint, norm_range, percentiles)
     if diameter_um:  # the expected object diameter on the iso grid, for reconstruct's defaults
         attrs["diameter_um"] = float(diameter_um)

@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from mediar3d.errors import ConfigError
+from mediar3d.io.atomic import ENGINE_FILES, Kind, atomic_path
 from mediar3d.io.ctc import write_frame, write_mask, write_tracks
 
 log = logging.getLogger(__name__)
@@ -515,6 +516,27 @@ def write_preview(path: Path, frame: Frame, anisotropy: float) -> Path:
     return path
 
 
+#: what `make_dataset` writes into a dataset folder
+DATASET_ENTRIES = frozenset({"01", "01_GT", "dataset.json", "preview"})
+
+
+def is_synth_dataset(path: str | os.PathLike) -> bool:
+    """True for a folder `make_dataset` wrote: a dataset.json naming preset, seed and version, and
+    nothing besides `DATASET_ENTRIES` (and `ENGINE_FILES`)."""
+    path = Path(path)
+    try:
+        info = json.loads((path / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(info, dict) and {"preset", "seed", "version"} <= set(info)
+            and {p.name for p in path.iterdir()} <= DATASET_ENTRIES | ENGINE_FILES)
+
+
+#: a synthetic dataset folder: replaced whole, and only where `make_dataset` wrote it
+DATASET_KIND = Kind("a synthetic dataset written by mediar3d synth (dataset.json, 01/, 01_GT/, preview/ only)",
+                    folder=True, owns=is_synth_dataset)
+
+
 def make_dataset(preset: str | Preset, seed: int, out: str | os.PathLike, frames: int | None = None,
                  anisotropy: float | None = None, shape: tuple[int, int, int] | None = None,
                  preview: bool = False, randomize: bool = False) -> Path:
@@ -523,11 +545,21 @@ def make_dataset(preset: str | Preset, seed: int, out: str | os.PathLike, frames
     Layout: `01/tTTT.tif`; `01_GT/SEG/man_segTTT.tif` (full 3D GT, even frames) and
     `man_seg_TTT_ZZZ.tif` (single-slice GT, odd frames); `01_GT/TRA/man_trackTTT.tif` + `man_track.txt`;
     `dataset.json`; with `preview`, `preview/tTTT.png`. `randomize`: optics drawn by `randomize_optics`.
+    The dataset is written into a temporary folder that then replaces `out` whole (`DATASET_KIND`:
+    `out` may be absent, empty or an earlier synthetic dataset; anything else is refused), so old and
+    new frames never mix.
     """
     out = Path(out)
-    seq = synth_sequence(preset, seed, frames, anisotropy, shape, randomize)
+    with atomic_path(out, DATASET_KIND) as tmp:
+        _write_dataset(synth_sequence(preset, seed, frames, anisotropy, shape, randomize), seed, tmp, out.name,
+                       preview, randomize)
+    return out
+
+
+def _write_dataset(seq: Sequence, seed: int, folder: Path, name: str, preview: bool, randomize: bool) -> None:
+    """The files of `make_dataset` for a synthesized sequence, written into `folder`."""
     p = seq.preset
-    raw, seg, tra = out / "01", out / "01_GT" / "SEG", out / "01_GT" / "TRA"
+    raw, seg, tra = folder / "01", folder / "01_GT" / "SEG", folder / "01_GT" / "TRA"
     for d in (raw, seg, tra):
         d.mkdir(parents=True, exist_ok=True)
     for fr in seq.frames:
@@ -539,18 +571,17 @@ def make_dataset(preset: str | Preset, seed: int, out: str | os.PathLike, frames
             for z in gt_slice_indices(fr.labels.shape[0]):
                 write_mask(seg / f"man_seg_{fr.t:03d}_{z:03d}.tif", fr.labels[z])
         if preview:
-            write_preview(out / "preview" / f"t{fr.t:03d}.png", fr, p.anisotropy)
+            write_preview(folder / "preview" / f"t{fr.t:03d}.png", fr, p.anisotropy)
     write_tracks(tra / "man_track.txt", seq.tracks)
     info = {
-        "name": out.name, "preset": p.name, "seed": int(seed), "voxel_size_zyx_um": list(seq.voxel_size),
+        "name": name, "preset": p.name, "seed": int(seed), "voxel_size_zyx_um": list(seq.voxel_size),
         "shape_zyx": list(p.shape), "n_frames": len(seq.frames),
         "objects_per_frame": [int(len(np.unique(fr.labels)) - (fr.labels == 0).any()) for fr in seq.frames],
         "anisotropy": p.anisotropy, "n_tracks": len(seq.tracks),
         "n_divisions": len({r[3] for r in seq.tracks if r[3]}), "version": VERSION,
         "optics": {k: getattr(p, k) for k in (*OPTICS_RANGES, "annotation_level")}, "randomized": bool(randomize),
     }
-    (out / "dataset.json").write_text(json.dumps(info, indent=1) + "\n")
-    return out
+    (folder / "dataset.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
 def jittered_balls(shape: tuple[int, ...], spacing: int | tuple[int, ...] = 10, radius: float = 4.0,

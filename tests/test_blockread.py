@@ -86,12 +86,14 @@ def test_a_second_run_reuses_the_read_buffers_of_the_first(spheres, monkeypatch)
 
     monkeypatch.setattr(blockread, "READ_BUFFERS", Counting(keep=3))
     first = masks_from_field_dask(spheres[1], block=(24, 48, 48), diameter_px=DIAMETER, workers=2)
-    allocated = Counting.new
-    assert 1 <= allocated <= 3 and blockread.READ_BUFFERS.nbytes > 0
-    second = masks_from_field_dask(spheres[1], block=(24, 48, 48), diameter_px=DIAMETER, workers=2)
-    assert Counting.new == allocated  # nothing new
+    assert Counting.new >= 1 and blockread.READ_BUFFERS.nbytes > 0
     assert np.array_equal(first, masks_from_field(spheres[1], diameter_px=DIAMETER))
-    assert np.array_equal(second, first)
+    for _ in range(2):
+        assert np.array_equal(masks_from_field_dask(spheres[1], block=(24, 48, 48), diameter_px=DIAMETER, workers=2),
+                              first)
+    # 2 workers hold at most 2 blocks at once: how many one run needs depends on the threads' timing
+    # (a run may use 1, the next 2), but with reuse three runs never need more than 2 buffers in all
+    assert Counting.new <= 2
     blockread.release_read_buffers()
     assert blockread.READ_BUFFERS.nbytes == 0
 

@@ -9,6 +9,7 @@ from mediar3d.cli.omezarr import image_to_ome_zarr, sequence_to_ome_zarr
 from mediar3d.errors import InputError
 from mediar3d.io import ctc, store
 from mediar3d.io.omezarr import read_ome_zarr, read_ome_zarr_labels, write_ome_zarr
+from ngff import validate_ngff
 
 VOXEL = (1.75, 0.8, 0.8)
 
@@ -23,6 +24,7 @@ def _series(t=3, shape=(5, 70, 66), seed=0):
 def test_ome_zarr_round_trip_is_identical(tmp_path):
     image, labels = _series()
     write_ome_zarr(tmp_path / "s.ome.zarr", image, VOXEL, labels={"cells": labels})
+    validate_ngff(tmp_path / "s.ome.zarr")
     back, voxel = read_ome_zarr(tmp_path / "s.ome.zarr")
     assert voxel == VOXEL
     np.testing.assert_array_equal(back.compute(), image)
@@ -34,6 +36,7 @@ def test_ome_zarr_round_trip_is_identical(tmp_path):
 def test_ome_zarr_is_read_by_ome_zarr_py(tmp_path):
     image, labels = _series(t=2, shape=(4, 140, 130))
     write_ome_zarr(tmp_path / "s.ome.zarr", image, VOXEL, labels={"cells": labels})
+    validate_ngff(tmp_path / "s.ome.zarr")
     nodes = list(Reader(parse_url(str(tmp_path / "s.ome.zarr")))())
     img_node = nodes[0]
     axes = [a["name"] for a in img_node.metadata["axes"]]
@@ -53,6 +56,7 @@ def test_ctc_sequence_to_ome_zarr_and_back(tmp_path):
         ctc.write_frame(tmp_path / "ds" / "01" / f"t{t:03d}.tif", image[t], VOXEL)
         ctc.write_mask(tmp_path / "res" / f"mask{t:03d}.tif", labels[t])
     out = sequence_to_ome_zarr(tmp_path / "ds" / "01", tmp_path / "01.ome.zarr", tmp_path / "res")
+    validate_ngff(out)
     back, voxel = read_ome_zarr(out)
     assert voxel == pytest.approx(VOXEL)
     np.testing.assert_array_equal(back.compute(), image)
@@ -85,14 +89,14 @@ def test_store_round_trip_with_attrs_and_dask(tmp_path):
     np.testing.assert_array_equal(arr[...], data)
     assert arr.attrs["original_shape"] == [5, 20, 30] and arr.attrs["zoom"] == [2.0, 1.0, 1.0]
     assert arr.chunks == (3, 10, 20, 30)
-    assert _codec(arr) == _codec(store.create_array(tmp_path / "g.zarr", (4, 4, 4), np.uint32)) == ("blosc", "lz4")
+    assert _codecs(arr) == _codecs(store.create_array(tmp_path / "g.zarr", (4, 4, 4), np.uint32)) == [
+        ("blosc", "lz4"), ("crc32c", None)]
 
 
-def _codec(array) -> tuple[str, str]:
-    """(codec name, Blosc compressor) of a zarr array's one compressor."""
-    (codec,) = array.compressors
-    spec = codec.to_dict()
-    return spec["name"], spec["configuration"].get("cname")
+def _codecs(array) -> list[tuple[str, str | None]]:
+    """(codec name, Blosc compressor) of each of a zarr array's compressors."""
+    specs = [codec.to_dict() for codec in array.compressors]
+    return [(spec["name"], (spec.get("configuration") or {}).get("cname")) for spec in specs]
 
 
 def test_interrupted_store_write_leaves_nothing(tmp_path):
@@ -129,6 +133,8 @@ def test_ome_zarr_input_gets_its_masks_as_labels(tmp_path):
     for t in range(2):
         ctc.write_mask(tmp_path / "res" / f"mask{t:03d}.tif", labels[t])
     out = image_to_ome_zarr(tmp_path / "in.ome.zarr", tmp_path / "out.ome.zarr", tmp_path / "res")
+    validate_ngff(tmp_path / "in.ome.zarr")
+    validate_ngff(out)
     back, voxel = read_ome_zarr(out)
     assert voxel == pytest.approx(VOXEL)
     np.testing.assert_array_equal(back.compute(), image)
@@ -184,3 +190,102 @@ def test_read_on_this_thread_decodes_on_the_calling_thread_only(tmp_path):
 
     out, _ = asyncio.run(inside_a_running_loop())
     np.testing.assert_array_equal(out, data[box])
+
+
+# ---------------------------------------------------------------------------------------------
+# what a store may replace, and lost chunks
+
+
+def test_a_store_replaces_only_a_store_mediar3d_wrote_of_its_kind(tmp_path):
+    import zarr
+
+    store.write_array(tmp_path / "iso.zarr", np.zeros((4, 4, 4), np.float32), kind="iso")
+    store.write_array(tmp_path / "iso.zarr", np.ones((4, 4, 4), np.float32), kind="iso")  # our own: replaced
+    assert store.marked_kind(tmp_path / "iso.zarr") == "iso" and store.open_array(tmp_path / "iso.zarr")[0, 0, 0] == 1
+    with pytest.raises(InputError, match="iso.zarr: exists and is not a zarr store written by mediar3d as field"):
+        store.write_array(tmp_path / "iso.zarr", np.zeros((4, 4, 4), np.float32), kind="field")
+    zarr.create_array(str(tmp_path / "theirs.zarr"), shape=(2,), dtype="float32")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("keep")
+    for path in (tmp_path / "theirs.zarr", tmp_path / "notes"):
+        with pytest.raises(InputError, match="is not a zarr store written by mediar3d"):
+            store.write_array(path, np.zeros((2,), np.float32))
+    assert (tmp_path / "notes" / "a.txt").read_text() == "keep" and (tmp_path / "theirs.zarr" / "zarr.json").is_file()
+
+
+def test_every_chunk_is_written_so_a_missing_one_is_lost(tmp_path):
+    data = np.zeros((4, 20, 20, 20), np.float32)
+    data[:, :10] = 1.0
+    store.write_array(tmp_path / "f.zarr", data, chunks=(4, 10, 10, 10))
+    assert len([p for p in (tmp_path / "f.zarr" / "c").rglob("*") if p.is_file()]) == 8  # zero chunks too
+    (tmp_path / "f.zarr" / "c" / "0" / "1" / "0" / "1").unlink()
+    field = store.open_array(tmp_path / "f.zarr")
+    np.testing.assert_array_equal(store.read(field, np.s_[:, :10]), data[:, :10])
+    with pytest.raises(InputError, match=r"f.zarr: cannot read \[0:4, 10:20, 0:20, 0:20\]: chunk c/0/1/0/1 is missing"):
+        store.read(field, np.s_[:, 10:])
+    out = np.empty((4, 10, 20, 20), np.float32)
+    with pytest.raises(InputError, match="chunk c/0/1/0/1 is missing"):
+        store.read_on_this_thread(field, np.s_[:, 10:20, 0:20, 0:20], out)
+    with pytest.raises(InputError, match="chunk c/0/1/0/1 is missing"):
+        store.as_dask(field)[:, 15].compute()
+
+
+def test_a_foreign_store_reads_absent_chunks_as_fill_with_a_warning(tmp_path, caplog):
+    import zarr
+
+    theirs = zarr.create_array(str(tmp_path / "theirs.zarr"), shape=(20, 20), chunks=(10, 10), dtype="float32",
+                               fill_value=0.0)
+    theirs[:10, :10] = 5.0  # the other chunks are never written (zarr's default)
+    with caplog.at_level("WARNING"):
+        values = store.read(store.open_array(tmp_path / "theirs.zarr"))
+    assert values.sum() == 500.0
+    assert "is absent: read as the fill value" in caplog.text and "theirs.zarr" in caplog.text
+
+
+def test_a_chunk_cut_short_or_overwritten_fails_its_checksum(tmp_path):
+    data = np.random.default_rng(0).random((4, 8, 8, 8), dtype=np.float32)
+    store.write_array(tmp_path / "f.zarr", data)
+    chunk = tmp_path / "f.zarr" / "c" / "0" / "0" / "0" / "0"
+    good = chunk.read_bytes()
+    for damaged in (good[: len(good) // 2], good[:16] + bytes(len(good) - 16)):
+        chunk.write_bytes(damaged)
+        with pytest.raises(InputError, match=r"f.zarr: cannot read \[0:4, 0:8, 0:8, 0:8\]: a chunk is truncated or "
+                                             r"corrupt \(its checksum does not match\)"):
+            store.read(store.open_array(tmp_path / "f.zarr"))
+
+
+# ---------------------------------------------------------------------------------------------
+# OME-Zarr: NGFF 0.5 as validated by ome-zarr-models, metadata checks, units
+
+
+def test_written_ome_zarr_is_valid_ngff_0_5(tmp_path):
+    image, labels = _series(t=2, shape=(4, 20, 24))
+    write_ome_zarr(tmp_path / "s.ome.zarr", image, VOXEL, labels={"cells": labels})
+    validate_ngff(tmp_path / "s.ome.zarr")
+    assert store.marked_kind(tmp_path / "s.ome.zarr") == "ome-zarr"
+
+
+def _edit_axes(path, change) -> None:
+    import json
+
+    meta = json.loads((path / "zarr.json").read_text())
+    change(meta["attributes"]["ome"]["multiscales"][0])
+    (path / "zarr.json").write_text(json.dumps(meta))
+
+
+def test_ome_zarr_units_are_converted_to_micrometres(tmp_path):
+    image, _ = _series(t=1, shape=(4, 20, 24))
+    write_ome_zarr(tmp_path / "s.ome.zarr", image, VOXEL)
+    validate_ngff(tmp_path / "s.ome.zarr")
+
+    def nanometres(ms):
+        for axis in ms["axes"][2:]:
+            axis["unit"] = "nanometer"
+        scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+        scale[2:] = [v * 1000 for v in scale[2:]]
+
+    _edit_axes(tmp_path / "s.ome.zarr", nanometres)
+    assert read_ome_zarr(tmp_path / "s.ome.zarr")[1] == pytest.approx(VOXEL)
+    _edit_axes(tmp_path / "s.ome.zarr", lambda ms: ms["axes"][2].update(unit="second"))
+    with pytest.raises(InputError, match="s.ome.zarr: OME-Zarr axis z has unit 'second': expected a length unit"):
+        read_ome_zarr(tmp_path / "s.ome.zarr")

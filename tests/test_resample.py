@@ -138,6 +138,17 @@ def test_resample_frame_records_the_expected_diameter_when_rescaling(tmp_path):
     assert zarr.open_array(str(plain), mode="r").shape == (24, 24, 24)
 
 
+def test_a_volume_over_the_budget_or_the_free_space_is_refused_before_writing(tmp_path, monkeypatch, caplog):
+    vol = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
+    with pytest.raises(InputError, match=r"t000.tif: .* \(4000, 16, 16\) voxels, 0.00381 GiB, over the budget of 0.001 GiB"):
+        rs.resample_frame(vol, (1000.0, 1.0, 1.0), tmp_path / "iso.zarr", source="t000.tif", max_gib=0.001)
+    assert "anisotropy 1e+03" in caplog.text and "implausible" in caplog.text
+    monkeypatch.setattr(rs.shutil, "disk_usage", lambda path: type("usage", (), {"free": 1000})())
+    with pytest.raises(InputError, match=r"more than the 9.31e-07 GiB free where .*iso.zarr goes"):
+        rs.resample_frame(vol, (1.0, 1.0, 1.0), tmp_path / "iso.zarr", source="t000.tif")
+    assert list(tmp_path.iterdir()) == []
+
+
 def _ball_probability(shape, centre, radius, spacing, width=1.0):
     """Smooth foreground probability of a ball (sigmoid of the signed distance), sampled at the voxel
     centres of a grid of `shape` whose voxels are `spacing` (fine units) wide."""

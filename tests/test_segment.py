@@ -11,6 +11,7 @@ import torch
 from mediar3d.cli import main
 from mediar3d.io import ctc, store
 from mediar3d.io.omezarr import write_ome_zarr
+from ngff import validate_ngff
 
 VOXEL = (2.0, 1.0, 1.0)
 SHAPE = (6, 32, 40)
@@ -81,6 +82,7 @@ def test_resample_ome_zarr_timepoint_with_diameter_from_gt(checkpoint, tmp_path)
 
     image = np.stack(_frames(2, seed=2))
     write_ome_zarr(tmp_path / "img.ome.zarr", image, VOXEL)
+    validate_ngff(tmp_path / "img.ome.zarr")
     gt = np.zeros(SHAPE, np.uint16)
     gt[2:5, 8:16, 8:16] = 1
     ctc.write_mask(tmp_path / "gt.tif", gt)
@@ -114,6 +116,7 @@ def test_segment_ctc_sequence_writes_one_mask_per_frame(ctc_sequence, checkpoint
 def test_segment_ome_zarr_with_voxel_size_override(checkpoint, tmp_path):
     image = np.stack(_frames(2, seed=1))
     write_ome_zarr(tmp_path / "img.ome.zarr", image, (1.0, 1.0, 1.0))
+    validate_ngff(tmp_path / "img.ome.zarr")
     res = tmp_path / "res"
     assert _run("segment", tmp_path / "img.ome.zarr", "--out", res, "--model", checkpoint, "--voxel-size", *VOXEL,
                 "--frames", 1, "--device", "cpu", "--no-progress") == 0
@@ -157,3 +160,31 @@ def test_segment_reconstructs_at_the_rescaled_diameter(ctc_sequence, checkpoint,
     assert _run("segment", ctc_sequence, "--out", tmp_path / "res", "--model", checkpoint, "--diameter", 6,
                 "--frames", 0, "--device", "cpu", "--no-progress") == 0
     assert seen == [12.0]
+
+
+def test_segment_leaves_no_work_folder_in_tmpdir_and_replaces_its_own_result(ctc_sequence, tmp_path, monkeypatch):
+    """Intermediates go to scratch folders in TMPDIR, removed afterwards (and when a killed run left one,
+    by the next run); a second run replaces the result folder the first wrote."""
+    import tempfile
+
+    from mediar3d.io.atomic import HOST
+
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    left = scratch / f"mediar3d-segment-t0.tmp-{HOST}-999999999-0123abcd"  # of a killed run (no such pid)
+    (left / "iso.zarr").mkdir(parents=True)
+    res = tmp_path / "01_RES"
+    for _ in range(2):
+        assert _run("segment", ctc_sequence, "--out", res, "--method", "classical") == 0
+    assert list(scratch.iterdir()) == []
+    assert sorted(p.name for p in res.iterdir()) == ["mask000.tif", "mask001.tif", "res_track.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["01_RES", "ds", "tmpdir"]
+
+
+def test_segment_names_a_frame_of_another_shape_before_any_work(ctc_sequence, tmp_path, capsys):
+    ctc.write_frame(ctc_sequence / "t001.tif", _frames()[0][:, :20], VOXEL)
+    assert _run("segment", ctc_sequence, "--out", tmp_path / "res", "--method", "classical") == 1
+    err = capsys.readouterr().err
+    assert str(ctc_sequence / "t001.tif") in err and "differs from the shape (6, 32, 40)" in err
+    assert not (tmp_path / "res").exists()

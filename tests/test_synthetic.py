@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -146,6 +147,22 @@ def test_cli_anisotropy_and_shape(tmp_path, capsys):
     info = json.loads((out / "dataset.json").read_text())
     assert info["shape_zyx"] == [4, 40, 40] and info["voxel_size_zyx_um"] == [2.0, 0.5, 0.5]
     assert tifffile.imread(out / "01" / "t000.tif").shape == (4, 40, 40)
+
+
+def test_synth_replaces_its_own_dataset_whole_and_refuses_any_other_folder(tmp_path, capsys):
+    """Fewer frames over an earlier synthetic dataset leave no old frame or GT; a folder synth did not
+    write is refused and left as it was."""
+    out = tmp_path / "tiny"
+    assert main(["synth", "--preset", "tiny", "--seed", "1", "--frames", "3", "--out", str(out)]) == 0
+    assert main(["synth", "--preset", "tiny", "--seed", "2", "--frames", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "01").iterdir()) == ["t000.tif", "t001.tif"]
+    assert not [p.name for p in (out / "01_GT").rglob("*.tif") if re.match(r"man_(seg_?|track)002", p.name)]
+    assert json.loads((out / "dataset.json").read_text())["seed"] == 2
+    assert read_tracks(out / "01_GT" / "TRA" / "man_track.txt")[:, 2].max() == 1
+    (out / "notes.txt").write_text("mine")  # a file synth does not write: no longer its dataset
+    assert main(["synth", "--preset", "tiny", "--seed", "3", "--out", str(out)]) == 1
+    assert "is not a synthetic dataset written by mediar3d synth" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine" and json.loads((out / "dataset.json").read_text())["seed"] == 2
 
 
 def test_annotation_grows_nuclei_into_their_blur_without_changing_owners():

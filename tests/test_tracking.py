@@ -135,3 +135,48 @@ def test_out_dir_keeps_input_and_gap_is_an_error(tmp_path):
     (tmp_path / "EMPTY").mkdir()
     with pytest.raises(InputError, match="no result masks"):
         track_res_folder(tmp_path / "EMPTY")
+
+
+def test_explicit_masks_are_linked_and_nothing_else(tmp_path):
+    """`track --masks` links exactly the masks it is given (the workflow passes the frames the input
+    holds now): a leftover mask of a removed frame in the same folder is ignored."""
+    from mediar3d.cli import main
+
+    frames = division_sequence()
+    res = tmp_path / "masks"
+    write_res(res, frames)
+    assert main(["track", "--masks", str(res / "mask000.tif"), str(res / "mask001.tif"), "--out",
+                 str(tmp_path / "01_RES")]) == 0
+    assert sorted(p.name for p in (tmp_path / "01_RES").iterdir()) == ["mask000.tif", "mask001.tif", "res_track.txt"]
+    assert read_tracks(tmp_path / "01_RES" / "res_track.txt")[:, 2].max() == 1
+    assert main(["track", "--masks", str(res / "mask000.tif"), str(res / "mask002.tif"), "--out",
+                 str(tmp_path / "gap_RES")]) == 1
+    assert not (tmp_path / "gap_RES").exists()
+
+
+def test_missing_frames_with_skip_end_every_track_at_the_gap(tmp_path):
+    """With on_missing_frame: skip the frames that exist are linked; a track never spans a missing
+    frame: an object seen again after the gap starts a new track whose parent is the old one."""
+    from mediar3d.tracking import track_masks
+
+    frames = division_sequence()
+    res = tmp_path / "01_RES"
+    write_res(res, frames)
+    (res / "mask001.tif").rename(res / "mask003.tif")  # frames 0, 2, 3: frame 1 is missing
+    masks = {0: res / "mask000.tif", 2: res / "mask002.tif", 3: res / "mask003.tif"}
+    with pytest.raises(InputError, match=r"frames \[1\] are missing"):
+        track_masks(masks, tmp_path / "OUT")
+    track_masks(masks, tmp_path / "OUT", allow_gaps=True)
+    tracks = read_tracks(tmp_path / "OUT" / "res_track.txt")
+    assert not any(b <= 1 <= e for _, b, e, _ in tracks.tolist())
+    assert all(p in tracks[:, 0] for p in tracks[tracks[:, 1] == 2, 3] if p)  # parents are tracks
+
+
+def test_a_frame_of_another_shape_is_named(tmp_path):
+    frames = division_sequence()
+    res = tmp_path / "RES"
+    write_res(res, frames)
+    tifffile.imwrite(res / "mask002.tif", np.zeros((2, 20, 31), np.uint16), photometric="minisblack")
+    with pytest.raises(InputError, match=r"mask002.tif: frame 2 has shape \(2, 20, 31\)"):
+        track_res_folder(res)
+    assert np.array_equal(tifffile.imread(res / "mask000.tif"), frames[0])  # all or nothing: unchanged

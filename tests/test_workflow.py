@@ -1,15 +1,19 @@
 """The Snakemake workflow end to end on tiny data, run as `python -m snakemake` subprocesses.
 
 Lint, dry runs and config errors are fast. The slow tests share one full run (a 2-frame synthetic
-CTC dataset, a tiny untrained checkpoint): its outputs; a second run does nothing; a config change
-re-runs only what it affects; a run killed with SIGKILL and resumed ends identical to it; an added
-frame runs only that frame's jobs plus the per-sequence and aggregation jobs.
+CTC dataset, a tiny untrained checkpoint; every path holds a space): its outputs, a valid CTC
+result and NGFF 0.5 OME-Zarr; a second run does nothing; a config change re-runs only what it
+affects; a run killed with SIGKILL and resumed ends identical to it, and a second run on its output
+folder meanwhile is refused; an added frame runs only that frame's jobs plus the per-sequence and
+aggregation jobs, and removing it again leaves no trace of it in the results. Runs of the classical
+method (no network) cover a full disk and missing frames with on_missing_frame: skip.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,7 +27,11 @@ import pytest
 import tifffile
 import yaml
 
+import ctc_metrics.scripts.validate as ctc_validate  # py-ctcmetrics: a required test dependency (extra `test`)
+
 from mediar3d.io.ctc import read_tracks
+from mediar3d.io.omezarr import read_ome_zarr
+from ngff import validate_ngff
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -33,11 +41,12 @@ PER_SEQUENCE_RULES = ("track", "omezarr")
 FINAL_RULES = ("aggregate", "report")
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 900,
+              preexec_fn=None) -> subprocess.CompletedProcess:
     """Run snakemake in `workdir` (its .snakemake/ lives there); fails the test with its output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     proc = subprocess.run([*SNAKEMAKE, "-d", str(workdir), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=env, preexec_fn=preexec_fn)
     if check and proc.returncode != 0:
         logs = "\n".join(f"--- {p}\n{p.read_text()[-1500:]}" for p in sorted(workdir.rglob("logs/**/*.log"))[-4:])
         pytest.fail(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
@@ -88,8 +97,8 @@ def model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    """A 2-frame synthetic CTC dataset (raw frames + full-3D SEG GT) on disk."""
-    root = tmp_path_factory.mktemp("data") / "tiny"
+    """A 2-frame synthetic CTC dataset (raw frames + full-3D SEG GT) on disk, in a path with a space."""
+    root = tmp_path_factory.mktemp("data set") / "tiny"
     subprocess.run([sys.executable, "-m", "mediar3d", "synth", "--preset", "tiny", "--seed", "5", "--frames",
                     str(FRAMES), "--out", str(root)], check=True, capture_output=True, timeout=300)
     assert sorted(p.name for p in (root / "01").glob("t*.tif")) == [f"t{t:03d}.tif" for t in range(FRAMES)]
@@ -98,7 +107,8 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("workflow")
+    """The working directory of the runs, its outputs in folders with spaces (out a, out b)."""
+    return tmp_path_factory.mktemp("work flow")
 
 
 def run_config(workdir: Path, name: str, dataset: Path, model: Path, **extra) -> Path:
@@ -111,11 +121,11 @@ def run_config(workdir: Path, name: str, dataset: Path, model: Path, **extra) ->
 
 @pytest.fixture(scope="module")
 def first_run(workdir, dataset, model_path) -> dict:
-    """The uninterrupted reference run (out_a)."""
-    config = run_config(workdir, "out_a", dataset, model_path)
+    """The uninterrupted reference run (out a)."""
+    config = run_config(workdir, "out a", dataset, model_path)
     proc = snakemake(workdir, "--profile", str(REPO / "workflow" / "profiles" / "default"),
                      "--configfile", str(config), "--cores", "2")
-    return {"config": config, "out": workdir / "out_a", "proc": proc}
+    return {"config": config, "out": workdir / "out a", "proc": proc}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +200,8 @@ def test_train_rule_fine_tunes_from_a_checkpoint(tmp_path, dataset, model_path):
     assert job_counts(proc.stdout) == {"train": 1}, proc.stdout
     output = proc.stdout + proc.stderr
     command = next(line for line in output.splitlines() if "mediar3d train " in line)
-    for part in (f"--init {model_path}", "--lr 0.0001", "--diameter-px 14", "--epochs 2", f"--data {dataset}"):
+    for part in (f"--init {shlex.quote(str(model_path))}", "--lr 0.0001", "--diameter-px 14", "--epochs 2",
+                 f"--data {shlex.quote(str(dataset))}"):  # paths quoted: the dataset's holds a space
         assert part in command, (part, command)
     config = run_config(tmp_path, "out", dataset, model_path,
                         train={"data": [str(dataset)], "init": str(tmp_path / "absent.pt")})
@@ -241,6 +252,8 @@ def test_full_run_outputs(first_run, dataset):
         assert ids, "the shipped model found no cell in the synthetic data"
     zarr_dir = out / "tiny" / "01.ome.zarr"
     assert (zarr_dir / "labels" / "cells").is_dir()
+    validate_ngff(zarr_dir)
+    assert ctc_validate.validate_sequence(str(res), threads=1)["Valid"] == 1
     for t in range(FRAMES):
         row = pd.read_csv(out / "tiny" / "metrics" / "01" / f"t{t:03d}.csv")
         # one row per GT file: full 3D GT on even frames, single-slice GT files on odd ones
@@ -264,7 +277,7 @@ def test_second_run_does_nothing(first_run, workdir):
 
 @pytest.mark.slow
 def test_config_change_reruns_only_what_it_affects(first_run, workdir, dataset, model_path, tmp_path):
-    changed = run_config(workdir, "out_a", dataset, model_path, report={"title": "changed title"})
+    changed = run_config(workdir, "out a", dataset, model_path, report={"title": "changed title"})
     proc = snakemake(workdir, "--configfile", str(changed), "-n")
     counts = job_counts(proc.stdout)
     assert set(counts) == {"aggregate", "report", "all"}, counts
@@ -273,14 +286,24 @@ def test_config_change_reruns_only_what_it_affects(first_run, workdir, dataset, 
 
 @pytest.mark.slow
 def test_kill_and_resume_gives_identical_results(first_run, workdir, dataset, model_path):
-    config = run_config(workdir, "out_b", dataset, model_path)
-    out = workdir / "out_b"
+    """While the run is going, a second run on its output folder (from another working directory, as
+    Snakemake's own lock never sees) is refused before any job; the kill releases the folder."""
+    config = run_config(workdir, "out b", dataset, model_path)
+    out = workdir / "out b"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*SNAKEMAKE, "-d", str(workdir), "--configfile", str(config), "--cores", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    first_iso = out / "tiny" / "work" / "01" / "t000" / "iso.zarr"
     first_mask = out / "tiny" / "work" / "01" / "masks" / "mask000.tif"
     deadline = time.monotonic() + 600
     try:
+        while not first_iso.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (workdir / "elsewhere").mkdir(exist_ok=True)
+        second = snakemake(workdir / "elsewhere", "--configfile", str(config), "--cores", "1", check=False)
+        assert second.returncode != 0
+        assert f"{out}: another mediar3d workflow run is writing to this output folder" in second.stderr
+        assert "Finished jobid" not in second.stdout + second.stderr, "the refused run ran a job"
         while not first_mask.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -325,11 +348,90 @@ def test_added_frame_runs_only_its_jobs(first_run, workdir, dataset):
 
 
 @pytest.mark.slow
+def test_removed_frame_leaves_no_trace_in_the_results(first_run, workdir, dataset):
+    """After the added frame: remove it (and its GT) again. The RES folder, its tracks, the OME-Zarr and
+    the report hold exactly the frames left; the removed frame's per-frame outputs are gone."""
+    out, new = first_run["out"], f"{FRAMES:03d}"
+    assert (out / "tiny" / "01_RES" / f"mask{new}.tif").is_file(), "runs after test_added_frame_runs_only_its_jobs"
+    (dataset / "01" / f"t{new}.tif").unlink()
+    (dataset / "01_GT" / "SEG" / f"man_seg{new}.tif").unlink()
+    snakemake(workdir, "--configfile", str(first_run["config"]), "--cores", "2")
+    res = out / "tiny" / "01_RES"
+    assert sorted(p.name for p in res.glob("mask*.tif")) == [f"mask{t:03d}.tif" for t in range(FRAMES)]
+    assert read_tracks(res / "res_track.txt")[:, 2].max() <= FRAMES - 1
+    assert ctc_validate.validate_sequence(str(res), threads=1)["Valid"] == 1
+    assert read_ome_zarr(out / "tiny" / "01.ome.zarr")[0].shape[0] == FRAMES
+    assert sorted(pd.read_csv(out / "report" / "per_timepoint.csv")["timepoint"]) == list(range(FRAMES))
+    left = [str(p) for p in out.rglob(f"*{new}*")]
+    assert not left, f"outputs of the removed frame remain: {left}"
+    assert "no longer in the input" in (out / "logs" / "info" / "tiny.log").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# classical runs (no network): a full disk, missing frames
+
+
+def classical_dataset(dataset: Path, folder: Path, timepoints: list[int]) -> Path:
+    """A copy of the dataset's sequence 01 with frames (and full GT) at `timepoints` (copies of t000)."""
+    root = folder / "tiny"
+    (root / "01").mkdir(parents=True)
+    (root / "01_GT" / "SEG").mkdir(parents=True)
+    for t in timepoints:
+        shutil.copy(dataset / "01" / "t000.tif", root / "01" / f"t{t:03d}.tif")
+        shutil.copy(dataset / "01_GT" / "SEG" / "man_seg000.tif", root / "01_GT" / "SEG" / f"man_seg{t:03d}.tif")
+    shutil.copy(dataset / "dataset.json", root / "dataset.json")
+    return root
+
+
+@pytest.mark.slow
+def test_full_disk_stops_the_run_with_one_line_and_nothing_partial(tmp_path, dataset):
+    """Every write over 20 kB fails (a file size limit, as a full disk fails a write): the first job
+    that writes a large file stops the run; its log holds one error line naming its output and no
+    traceback, and no output exists under its final name or as a temporary."""
+    import resource
+
+    data = classical_dataset(dataset, tmp_path / "data", [0, 1])
+    config = write_config(tmp_path / "c.yaml", out=str(tmp_path / "out"), method="classical",
+                          datasets={"tiny": {"path": str(data)}})
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    proc = snakemake(tmp_path, "--configfile", str(config), "--cores", "1", check=False, preexec_fn=limit)
+    assert proc.returncode != 0
+    logs = {p: p.read_text() for p in (tmp_path / "out" / "logs").rglob("*.log")}
+    failed = [(p, text) for p, text in logs.items() if "error:" in text]
+    assert len(failed) == 1, proc.stderr[-3000:]
+    path, text = failed[0]
+    assert "resample" in str(path) and "iso.zarr: File too large (disk full" in text, text
+    assert len([line for line in text.splitlines() if "error:" in line]) == 1
+    assert not any("Traceback" in t for t in logs.values())
+    assert not list((tmp_path / "out").rglob("iso.zarr")) and not list((tmp_path / "out").rglob(".*.tmp-*"))
+
+
+@pytest.mark.slow
+def test_missing_frames_with_skip_give_a_result_of_the_frames_that_exist(tmp_path, dataset):
+    """on_missing_frame: skip (the gap error's advice) segments, links, converts and scores the frames
+    that exist; no track spans the missing frame."""
+    data = classical_dataset(dataset, tmp_path / "data", [0, 1, 3])
+    config = write_config(tmp_path / "c.yaml", out=str(tmp_path / "out"), method="classical",
+                          on_missing_frame="skip", datasets={"tiny": {"path": str(data)}})
+    snakemake(tmp_path, "--configfile", str(config), "--cores", "2")
+    res = tmp_path / "out" / "tiny" / "01_RES"
+    assert sorted(p.name for p in res.glob("mask*.tif")) == ["mask000.tif", "mask001.tif", "mask003.tif"]
+    tracks = read_tracks(res / "res_track.txt")
+    assert len(tracks) and not any(b <= 2 <= e for _, b, e, _ in tracks.tolist())
+    assert read_ome_zarr(tmp_path / "out" / "tiny" / "01.ome.zarr")[0].shape[0] == 3
+    assert sorted(pd.read_csv(tmp_path / "out" / "report" / "per_timepoint.csv")["timepoint"]) == [0, 1, 3]
+
+
+@pytest.mark.slow
 def test_ome_zarr_input_gives_res_folder_and_labelled_ome_zarr(tmp_path):
     """An OME-Zarr dataset (classical method: no network, fast) ends in a CTC RES folder and an
     OME-Zarr holding the image and labels/cells."""
     from mediar3d.cli import main
-    from mediar3d.io.omezarr import read_ome_zarr, read_ome_zarr_labels
+    from mediar3d.io.omezarr import read_ome_zarr_labels
 
     assert main(["synth", "--preset", "tiny", "--seed", "3", "--frames", "2", "--out", str(tmp_path / "tiny")]) == 0
     assert main(["to-omezarr", "--ctc", str(tmp_path / "tiny" / "01"), "--out", str(tmp_path / "img.ome.zarr")]) == 0
@@ -340,6 +442,9 @@ def test_ome_zarr_input_gives_res_folder_and_labelled_ome_zarr(tmp_path):
     res = tmp_path / "res" / "emb" / "img_RES"
     assert sorted(p.name for p in res.iterdir() if not p.name.startswith(".")) == [
         "mask000.tif", "mask001.tif", "res_track.txt"]
+    validate_ngff(tmp_path / "img.ome.zarr")
+    validate_ngff(tmp_path / "res" / "emb" / "img.ome.zarr")
+    assert ctc_validate.validate_sequence(str(res), threads=1)["Valid"] == 1
     image, _ = read_ome_zarr(tmp_path / "img.ome.zarr")
     out_image, voxel = read_ome_zarr(tmp_path / "res" / "emb" / "img.ome.zarr")
     np.testing.assert_array_equal(out_image.compute(), image.compute())

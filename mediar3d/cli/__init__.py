@@ -1,16 +1,24 @@
 """The `mediar3d` command: one subcommand per pipeline stage.
 
 Each subcommand lives in `mediar3d/cli/<module>.py`, which defines `add_arguments(parser)` and
-`run(args) -> int`. Only the chosen subcommand's module is imported, so `mediar3d --help` is fast
-and a stage's heavy dependencies (torch) load only when that stage runs.
+`run(args) -> int`, and declares its paths: `OUTPUTS` (argument -> `mediar3d.io.atomic.Kind`) and
+`INPUTS` (argument names). Before a stage runs, every output is checked against its kind and
+against every input (`check_paths`), so a bad output path stops it before any work. Only the chosen
+subcommand's module is imported, so `mediar3d --help` is fast and a stage's heavy dependencies
+(torch) load only when that stage runs.
+
+Bad input, a bad configuration and a failing file system (disk full, no permission) are one line
+`mediar3d STAGE: error: PATH: problem` and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from mediar3d import __version__
 from mediar3d.errors import ConfigError, InputError
@@ -54,6 +62,36 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _paths(value) -> list[Path]:
+    if value is None:
+        return []
+    return [Path(v) for v in value] if isinstance(value, (list, tuple)) else [Path(value)]
+
+
+def check_paths(args: argparse.Namespace, module) -> None:
+    """Refuse, before any work, an output that its kind may not replace or that collides with an
+    input (`mediar3d.io.atomic.check_output`)."""
+    from mediar3d.io.atomic import check_output
+
+    inputs = [p for name in getattr(module, "INPUTS", ()) for p in _paths(getattr(args, name, None))]
+    for name, kind in getattr(module, "OUTPUTS", {}).items():
+        for path in _paths(getattr(args, name, None)):
+            check_output(path, kind, inputs)
+
+
+#: errno values that mean the disk is full
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def describe_os_error(err: OSError) -> str:
+    """'PATH: what failed' for an error of the file system (disk full, no permission, ...)."""
+    where = f"{err.filename}: " if err.filename else ""
+    what = err.strerror or str(err)
+    if err.errno in _DISK_FULL:
+        what += " (disk full or file size limit: free space or write elsewhere; nothing was left half-written)"
+    return where + what
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mediar3d` console command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -67,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        check_paths(args, module)
         return int(module.run(args) or 0)
     except (InputError, ConfigError) as err:
         print(f"mediar3d {argv[0]}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"mediar3d {argv[0]}: error: {describe_os_error(err)}", file=sys.stderr)
         return 1
 
 

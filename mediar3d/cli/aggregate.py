@@ -11,6 +11,10 @@ import argparse
 from pathlib import Path
 
 from mediar3d.errors import InputError
+from mediar3d.io.atomic import INTO
+
+OUTPUTS = {"out": INTO}
+INPUTS = ("metrics", "config", "benchmarks", "model_card")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from mediar3d.io.atomic import write_csv_atomic
+from mediar3d.io.atomic import FILE, write_csv_atomic
 
 _SHOWN = ["timepoint", "z", "seg", "ap50", "ap75", "ap90", "precision", "recall", "f1",
           "n_gt", "n_pred", "splits", "merges", "missed", "false_positives"]
+
+
+OUTPUTS = {"out": FILE, "objects": FILE}
+INPUTS = ("res", "gt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,12 @@ import argparse
 from pathlib import Path
 
 
+from mediar3d.io.store import zarr_kind
+
+OUTPUTS = {"out": zarr_kind("field")}
+INPUTS = ("input",)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, type=Path, metavar="VIEWS.zarr", help="views from `mediar3d infer`")
     parser.add_argument("--out", required=True, type=Path, metavar="FIELD.zarr", help="output (4, Z, Y, X) zarr array")

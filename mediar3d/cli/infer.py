@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mediar3d.io.store import zarr_kind
+
 VIEW_CHOICES = ("xy", "xz", "yz")
+OUTPUTS = {"out": zarr_kind("views")}
+INPUTS = ("input", "model")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,12 @@ import json
 from pathlib import Path
 
 from mediar3d.io import ctc
+from mediar3d.io.atomic import FILE
 from mediar3d.io.omezarr import is_ome_zarr
+
+
+OUTPUTS = {"json": FILE}
+INPUTS = ("path",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

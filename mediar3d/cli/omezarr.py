@@ -15,8 +15,12 @@ import numpy as np
 from mediar3d.errors import InputError
 from mediar3d.io import ctc
 from mediar3d.io.omezarr import read_ome_zarr, write_ome_zarr
+from mediar3d.io.store import zarr_kind
 
 log = logging.getLogger(__name__)
+
+OUTPUTS = {"out": zarr_kind("ome-zarr")}
+INPUTS = ("ctc", "image", "res")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +42,11 @@ def sequence_to_ome_zarr(seq_dir: Path, out: Path, res_dir: Path | None = None,
     """Write the frames of a CTC sequence (and the masks of `res_dir`) to one OME-Zarr, frame by frame."""
     seq = ctc.discover_sequence(seq_dir, on_gap)
     tps = seq.timepoints
+    shape = ctc.check_frame_shapes([seq.frames[t] for t in tps])
     first = ctc.read_frame(seq.frames[tps[0]])
     voxel_size = ctc.resolve_voxel_size(seq.frames[tps[0]], voxel_size)
-    image = _lazy_stack([seq.frames[t] for t in tps], ctc.read_frame, first.shape, first.dtype)
+    read_frame = lambda p: ctc.read_frame(p, shape)  # noqa: E731
+    image = _lazy_stack([seq.frames[t] for t in tps], read_frame, shape, first.dtype)
     labels = None
     if res_dir is not None:
         masks = [res_dir / f"mask{t:0{seq.digits}d}.tif" for t in tps]

@@ -14,8 +14,12 @@ from pathlib import Path
 
 from mediar3d.config import BOUNDARIES, METHODS
 from mediar3d.errors import InputError
+from mediar3d.io.atomic import FILE
 
 log = logging.getLogger(__name__)
+
+OUTPUTS = {"out": FILE}
+INPUTS = ("input",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

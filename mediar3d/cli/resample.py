@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 from mediar3d.errors import InputError
+from mediar3d.io.store import zarr_kind
+from mediar3d.resample import MAX_ISO_GIB
 
 log = logging.getLogger(__name__)
+
+OUTPUTS = {"out": zarr_kind("iso")}
+INPUTS = ("input", "model", "diameter_from_gt")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads for --diameter auto")
     parser.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="normalization percentiles (default: the checkpoint's, else 1 99.8)")
+    parser.add_argument("--max-gib", type=float, default=MAX_ISO_GIB, metavar="GIB",
+                        help=f"refuse an isotropic volume larger than this (GiB of float32; default {MAX_ISO_GIB:g}): "
+                        "an absurd voxel size stops here instead of filling the disk")
 
 
 def model_settings(model_path: Path | None) -> dict:
@@ -87,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from mediar3d.resample import resample_frame
     from mediar3d.size import AUTO
 
+    if not args.max_gib > 0:
+        raise InputError(None, f"--max-gib must be positive, got {args.max_gib}")
     volume, voxel_size = read_volume(args.input, args.timepoint, args.voxel_size)
     settings = model_settings(args.model)
     percentiles = tuple(args.percentiles) if args.percentiles else settings["percentiles"]
@@ -100,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         model, meta = load_model(args.model, device)
     resample_frame(volume, voxel_size, args.out, percentiles=percentiles, diameter_um=diameter,
                    train_diameter_px=settings["train_diameter_px"], model=model, device=device,
-                   flow_scale=meta.get("flow_scale"), source=str(args.input), timepoint=args.timepoint)
+                   flow_scale=meta.get("flow_scale"), source=str(args.input), timepoint=args.timepoint,
+                   max_gib=args.max_gib)
     log.info("wrote %s", args.out)
     return 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -21,10 +20,15 @@ import numpy as np
 
 from mediar3d.config import BOUNDARIES, METHODS
 from mediar3d.errors import InputError
+from mediar3d.io.ctc import RESULT_FOLDER
 from mediar3d.io.omezarr import is_ome_zarr
 
 log = logging.getLogger(__name__)
 
+
+
+OUTPUTS = {"out": RESULT_FOLDER}
+INPUTS = ("input", "model")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +70,8 @@ def default_model_path() -> Path:
 def iter_frames(path: Path, voxel_size: Sequence[float] | None, frames: Sequence[int] | None = None,
                 load: bool = True) -> Iterator[tuple[int, str, object, tuple]]:
     """Yield (timepoint, mask file name, volume (Z, Y, X), voxel size um) for each frame of INPUT, in
-    time order (volume None unless `load`)."""
+    time order (volume None unless `load`). The frames' headers are checked first: a frame of another
+    shape than the first or an unreadable one is an InputError naming it before anything is yielded."""
     from mediar3d.io import ctc
 
     wanted = None if frames is None else set(frames)
@@ -83,11 +88,12 @@ def iter_frames(path: Path, voxel_size: Sequence[float] | None, frames: Sequence
         return
     seq = ctc.discover_sequence(path)
     _check_wanted(path, wanted, seq.timepoints)
-    for t in seq.timepoints:
-        if wanted is None or t in wanted:
-            frame = seq.frames[t]
-            volume = ctc.read_frame(frame) if load else None
-            yield t, seq.frame_name(t, "mask"), volume, ctc.resolve_voxel_size(frame, voxel_size)
+    timepoints = [t for t in seq.timepoints if wanted is None or t in wanted]
+    shape = ctc.check_frame_shapes([seq.frames[t] for t in timepoints])  # every header, before any work
+    for t in timepoints:
+        frame = seq.frames[t]
+        volume = ctc.read_frame(frame, shape) if load else None
+        yield t, seq.frame_name(t, "mask"), volume, ctc.resolve_voxel_size(frame, voxel_size)
 
 
 def _check_wanted(path: Path, wanted, available) -> None:
@@ -158,6 +164,7 @@ def _check_no_other_masks(out: Path, names: set[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mediar3d.io.atomic import atomic_path, scratch_dir
     from mediar3d.io.ctc import write_mask, write_tracks
     from mediar3d.size import parse_diameter
     from mediar3d.tracking import Linker
@@ -172,17 +179,18 @@ def run(args: argparse.Namespace) -> int:
         set_threads(args.threads)
         model_path = args.model or default_model_path()
         model, meta = load_model(model_path, resolve_device(args.device))
-    args.out.mkdir(parents=True, exist_ok=True)
     linker = Linker(frames[0][0])
-    for t, name, volume, voxel_size in iter_frames(args.input, args.voxel_size, args.frames):
-        with tempfile.TemporaryDirectory(prefix=f"mediar3d-t{t}-") as tmp:
-            labels = segment_volume(volume, voxel_size, Path(tmp), method=args.method, model=model, meta=meta,
-                                    diameter_um=parse_diameter(args.diameter), device=args.device, tta=args.tta,
-                                    boundary=args.boundary, prob_threshold=args.prob_threshold,
-                                    source=str(args.input), timepoint=t, progress=not args.no_progress)
-        write_mask(args.out / name, linker.add(labels), voxel_size)
-        log.info("frame %d: %d objects, %d tracks so far -> %s", t, linker.n_objects, linker.n_tracks, args.out / name)
-    tracks = write_tracks(args.out / "res_track.txt", linker.tracks.tolist())
+    with atomic_path(args.out, RESULT_FOLDER) as res:  # all frames or nothing under args.out
+        for t, name, volume, voxel_size in iter_frames(args.input, args.voxel_size, args.frames):
+            with scratch_dir(f"segment-t{t}") as tmp:
+                labels = segment_volume(volume, voxel_size, tmp, method=args.method, model=model, meta=meta,
+                                        diameter_um=parse_diameter(args.diameter), device=args.device, tta=args.tta,
+                                        boundary=args.boundary, prob_threshold=args.prob_threshold,
+                                        source=str(args.input), timepoint=t,
+                                        progress=not args.no_progress)
+            write_mask(res / name, linker.add(labels, t, name), voxel_size)
+            log.info("frame %d: %d objects, %d tracks so far", t, linker.n_objects, linker.n_tracks)
+        write_tracks(res / "res_track.txt", linker.tracks.tolist())
     log.info("segmented %d frames of %s with %s into %s; objects linked over time in %s (a valid CTC result folder)",
-             len(frames), args.input, args.method, args.out, tracks)
+             len(frames), args.input, args.method, args.out, args.out / "res_track.txt")
     return 0

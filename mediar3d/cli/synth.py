@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from mediar3d.synthetic import DATASET_KIND
+
+OUTPUTS = {"out": DATASET_KIND}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mediar3d.synthetic import PRESETS
 
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="dataset kind (default tiny)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
-    parser.add_argument("--out", required=True, help="dataset folder to write (01/, 01_GT/, dataset.json)")
+    parser.add_argument("--out", required=True, help="dataset folder to write (01/, 01_GT/, dataset.json); an earlier "
+                        "synthetic dataset there is replaced whole, any other non-empty folder is refused")
     parser.add_argument("--frames", type=int, default=None, help="number of timepoints (default: preset's)")
     parser.add_argument("--anisotropy", type=float, default=None,
                         help="z spacing / xy spacing; keeps the physical depth (default: preset's)")

@@ -10,6 +10,11 @@ import argparse
 import os
 from pathlib import Path
 
+from mediar3d.io.atomic import FILE
+
+OUTPUTS = {"out": FILE}
+INPUTS = ("data", "val_data")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mediar3d.model import DECODERS, ENCODERS

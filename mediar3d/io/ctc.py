@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 
 from mediar3d.errors import InputError
-from mediar3d.io.atomic import atomic_path, write_text_atomic
+from mediar3d.io.atomic import ENGINE_FILES, Kind, atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -191,40 +191,76 @@ def _check_tiff_complete(tif: tifffile.TiffFile, path: Path) -> None:
         raise InputError(path, f"truncated TIFF: ImageJ header announces {meta['images']} images, file holds {len(tif.pages)}")
 
 
-def _squeeze_to(array: np.ndarray, ndim: int) -> np.ndarray:
-    """Drop singleton axes when that yields exactly `ndim` axes (e.g. ImageJ (Z, 1, Y, X))."""
-    if array.ndim > ndim:
-        squeezed = np.squeeze(array)
-        if squeezed.ndim == ndim:
-            return squeezed
-    return array
+def _squeezed_shape(shape: Seq[int], ndim: int) -> tuple[int, ...]:
+    """`shape` without its singleton axes when that leaves exactly `ndim` axes (e.g. ImageJ (Z, 1, Y, X)),
+    else `shape`."""
+    shape = tuple(int(n) for n in shape)
+    squeezed = tuple(n for n in shape if n != 1)
+    return squeezed if len(shape) > ndim and len(squeezed) == ndim else shape
 
 
-def read_tiff(path: str | os.PathLike, ndim: int = 3) -> np.ndarray:
-    """Read a TIFF as an array of exactly `ndim` axes ((z, y, x) for 3), checking integrity."""
-    path = Path(path)
+def _from_tiff(path: Path, get):
+    """`get(tif)` of the opened TIFF at `path` after checking that it is complete; a missing, truncated or
+    unreadable file is an InputError naming it."""
     if not path.is_file():
         raise InputError(path, "file does not exist")
     try:
         with tifffile.TiffFile(path) as tif:
             _check_tiff_complete(tif, path)
-            array = tif.asarray()
+            return get(tif)
     except InputError:
         raise
     except Exception as err:  # tifffile raises many types for broken files
         raise InputError(path, f"corrupt or unreadable TIFF ({type(err).__name__}: {err})") from err
-    array = _squeeze_to(array, ndim)
-    if array.ndim != ndim:
+
+
+def _check_ndim(path: Path, shape: Seq[int], ndim: int) -> None:
+    if len(shape) != ndim:
         want = {2: "2D (y, x)", 3: "3D (z, y, x)"}.get(ndim, f"{ndim}D")
-        raise InputError(path, f"expected a {want} image, got {array.ndim}D with shape {array.shape}")
+        raise InputError(path, f"expected a {want} image, got {len(shape)}D with shape {tuple(shape)}")
+
+
+def read_tiff(path: str | os.PathLike, ndim: int = 3) -> np.ndarray:
+    """Read a TIFF as an array of exactly `ndim` axes ((z, y, x) for 3), checking integrity."""
+    path = Path(path)
+    array = _from_tiff(path, lambda tif: tif.asarray())
+    array = array.reshape(_squeezed_shape(array.shape, ndim))
+    _check_ndim(path, array.shape, ndim)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise InputError(path, f"unsupported pixel type {array.dtype}")
     return array
 
 
-def read_frame(path: str | os.PathLike) -> np.ndarray:
-    """A raw 3D frame (z, y, x): finite values, not empty (constant). Dtype as stored."""
+def tiff_shape(path: str | os.PathLike, ndim: int = 3) -> tuple[int, ...]:
+    """The shape of a TIFF's image from its header (no pixel data read), with `read_tiff`'s checks of
+    completeness and dimensions."""
+    path = Path(path)
+    shape = _squeezed_shape(_from_tiff(path, lambda tif: tif.series[0].shape), ndim)
+    _check_ndim(path, shape, ndim)
+    return shape
+
+
+def check_frame_shapes(frames: Seq[str | os.PathLike]) -> tuple[int, ...]:
+    """The one (z, y, x) shape of a sequence's frames, read from their headers; a frame of another
+    shape (or an unreadable one) is an InputError naming it."""
+    first = None
+    for path in frames:
+        shape = tiff_shape(path, 3)
+        if first is None:
+            first = shape
+        elif shape != first:
+            raise InputError(path, f"shape {shape} differs from the shape {first} of the sequence's first frame "
+                                   f"{Path(frames[0]).name}: every frame of a sequence must have one shape")
+    return first
+
+
+def read_frame(path: str | os.PathLike, shape: Seq[int] | None = None) -> np.ndarray:
+    """A raw 3D frame (z, y, x): finite values, not empty (constant), of `shape` when given (the
+    sequence's first frame's). Dtype as stored."""
     array = read_tiff(path, 3)
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        raise InputError(path, f"shape {array.shape} differs from the shape {tuple(shape)} of the sequence's "
+                               "first frame: every frame of a sequence must have one shape")
     if np.issubdtype(array.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         if bad:
@@ -345,6 +381,31 @@ def result_masks(res_dir: str | os.PathLike) -> dict[int, Path]:
         t = int(m.group(1))
         if t in found:
             raise InputError(res_dir, f"two masks for timepoint {t}: {found[t].name} and {path.name}")
+        found[t] = path
+    return found
+
+
+def is_result_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding only CTC result files (maskTTT.tif, res_track.txt; `ENGINE_FILES` aside):
+    what `segment` and `track` write, so they may replace it."""
+    return all(MASK_RE.match(p.name) or p.name in {"res_track.txt", *ENGINE_FILES} for p in Path(path).iterdir())
+
+
+#: a CTC result folder, replaced only where it holds nothing but result files (`is_result_folder`)
+RESULT_FOLDER = Kind("a CTC result folder (only maskTTT.tif and res_track.txt)", folder=True, owns=is_result_folder)
+
+
+def masks_by_timepoint(paths: Iterable[str | os.PathLike]) -> dict[int, Path]:
+    """timepoint -> path of a list of maskTTT.tif files; another name or two files of one timepoint is
+    an InputError naming the file."""
+    found: dict[int, Path] = {}
+    for path in map(Path, paths):
+        match = MASK_RE.match(path.name)
+        if match is None:
+            raise InputError(path, "not a CTC result mask name (maskTTT.tif, 3 or 4 digits)")
+        t = int(match.group(1))
+        if t in found:
+            raise InputError(path, f"a second mask for timepoint {t} (also {found[t]})")
         found[t] = path
     return found
 

@@ -1,12 +1,16 @@
 """OME-Zarr (NGFF) images and `labels/` with voxel sizes, through ome-zarr-py.
 
-Written layout: one image per sequence, axes (t, c, z, y, x) with c = 1, scale (1, 1, sz, sy, sx) in
-micrometres, a small resolution pyramid in x/y for napari, and label images under `labels/<name>`
-with the same axes. Reading accepts any of zyx, czyx, tzyx, tczyx and returns (t, z, y, x).
+Written layout (NGFF 0.5): one image per sequence, axes (t, c, z, y, x) with c = 1, scale
+(1, 1, sz, sy, sx) in micrometres, a small resolution pyramid in x/y for napari, and label images
+under `labels/<name>` with the same axes; every chunk written (also empty ones) with a CRC32C
+checksum, the store marked as mediar3d's (`mediar3d.io.store.atomic_zarr`). Reading accepts any of
+zyx, czyx, tzyx, tczyx, checks the metadata against the arrays, converts the spatial units to
+micrometres and returns (t, z, y, x) read through `mediar3d.io.store`'s checked reads.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -15,13 +19,19 @@ import dask.array as da
 import numpy as np
 import zarr
 from ome_zarr.writer import write_image, write_labels
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from mediar3d.errors import InputError
-from mediar3d.io.atomic import atomic_path
+from mediar3d.io import store
 from mediar3d.io.ctc import VoxelSize, check_voxel_size
+
+log = logging.getLogger(__name__)
 
 AXES = "tczyx"
 UNITS = {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
+#: micrometres per unit, for the NGFF (UDUNITS-2) length units; a spatial axis without a unit is in um
+UM_PER_UNIT = {"angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0, "micron": 1.0, "millimeter": 1e3,
+               "centimeter": 1e4, "meter": 1e6}
 
 
 def _as_tczyx(array) -> da.Array:
@@ -49,20 +59,35 @@ def _scale(voxel_size: VoxelSize) -> dict[str, float]:
     return {"t": 1.0, "c": 1.0, "z": sz, "y": sy, "x": sx}
 
 
+def _storage_options(chunks) -> dict:
+    """zarr array options of every level of the image and labels: chunks, Zstd (zarr's default codec)
+    plus a CRC32C checksum per chunk, and every chunk written (`store.ARRAY_CONFIG`)."""
+    return {"chunks": chunks, "compressors": [ZstdCodec(level=0), Crc32cCodec()], "config": dict(store.ARRAY_CONFIG)}
+
+
+def _add_labels_version(root: zarr.Group) -> None:
+    """Give the `labels` group the NGFF version its `ome` attributes need (ome-zarr-py omits it)."""
+    labels = root["labels"]
+    ome = dict(labels.attrs.get("ome", {}))
+    ome.setdefault("version", root.attrs["ome"]["version"])
+    labels.attrs["ome"] = ome
+
+
 def write_ome_zarr(path: str | os.PathLike, image, voxel_size: Iterable[float],
                    labels: Mapping[str, object] | None = None, chunks_zyx=(64, 256, 256)) -> Path:
     """Write `image` ((z,y,x), (t,z,y,x) or (t,c,z,y,x)) and optional label images to OME-Zarr, atomically.
 
     `labels` maps a label name (e.g. "cells") to an integer array of the image's shape without c.
+    `path` may be absent, an empty folder or an OME-Zarr written by mediar3d; anything else is refused.
     """
     voxel_size = check_voxel_size(voxel_size, path)
     img = _as_tczyx(image)
     factors = _scale_factors(tuple(img.shape[2:]))
     chunks = (1, 1) + tuple(min(c, s) for c, s in zip(chunks_zyx, img.shape[2:]))
-    with atomic_path(path) as tmp:
+    with store.atomic_zarr(path, "ome-zarr") as tmp, store.joined_dask_pool():
         root = zarr.open_group(str(tmp), mode="w")
         write_image(img.rechunk(chunks), root, scale_factors=factors, axes=AXES,
-                    scale=_scale(voxel_size), axes_units=UNITS, storage_options={"chunks": chunks})
+                    scale=_scale(voxel_size), axes_units=UNITS, storage_options=_storage_options(chunks))
         for name, lab in (labels or {}).items():
             lab = _as_tczyx(lab)
             if lab.shape != img.shape:
@@ -71,7 +96,9 @@ def write_ome_zarr(path: str | os.PathLike, image, voxel_size: Iterable[float],
                 raise ValueError(f"labels {name!r} must be integers, got {lab.dtype}")
             write_labels(lab.rechunk(chunks), root, name=name, scaler=None,
                          scale_factors=factors, axes=AXES, scale=_scale(voxel_size), axes_units=UNITS,
-                         storage_options={"chunks": chunks})
+                         storage_options=_storage_options(chunks))
+        if labels:
+            _add_labels_version(root)
     return Path(path)
 
 
@@ -84,28 +111,67 @@ def is_ome_zarr(path: str | os.PathLike) -> bool:
 def _multiscales(group: zarr.Group, path: Path) -> dict:
     attrs = dict(group.attrs)
     ms = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
-    if not ms:
+    if not ms or not isinstance(ms, list) or not isinstance(ms[0], dict):
         raise InputError(path, "not an OME-Zarr image: no 'multiscales' metadata")
     return ms[0]
 
 
-def _axes_names(ms: dict) -> str:
-    return "".join(a["name"] if isinstance(a, dict) else a for a in ms["axes"])
+def _level0(group: zarr.Group, ms: dict, path: Path) -> zarr.Array:
+    """The array of the first (full-resolution) multiscales dataset."""
+    datasets = ms.get("datasets") or []
+    if not datasets or not isinstance(datasets[0], dict) or "path" not in datasets[0]:
+        raise InputError(path, "OME-Zarr multiscales lists no dataset")
+    name = str(datasets[0]["path"])
+    try:
+        array = group[name]
+    except KeyError:
+        raise InputError(path, f"OME-Zarr multiscales dataset path {name!r} does not exist in the store") from None
+    if not isinstance(array, zarr.Array):
+        raise InputError(path, f"OME-Zarr multiscales dataset {name!r} is a group, not an array")
+    return array
 
 
-def _level0_scale(ms: dict, axes: str, path: Path) -> VoxelSize:
+def _axes(ms: dict, array: zarr.Array, path: Path) -> list[dict]:
+    """The multiscales axes as dicts (NGFF 0.3 lists names only), one per dimension of `array`."""
+    axes = [a if isinstance(a, dict) else {"name": str(a)} for a in ms.get("axes") or []]
+    if len(axes) != array.ndim:
+        names = "".join(str(a.get("name", "?")) for a in axes)
+        raise InputError(path, f"OME-Zarr metadata lists {len(axes)} axes {names!r} but the image array "
+                               f"{array.path!r} has {array.ndim} dimensions {array.shape}")
+    return axes
+
+
+def _axes_names(axes: list[dict]) -> str:
+    return "".join(str(a.get("name", "?")) for a in axes)
+
+
+def _level0_scale(ms: dict, axes: list[dict], path: Path) -> VoxelSize:
+    """The z, y, x scale of the first dataset in um (units converted by `UM_PER_UNIT`)."""
     scale = None
     for tr in ms["datasets"][0].get("coordinateTransformations", []):
         if tr.get("type") == "scale":
-            scale = tr["scale"]
+            scale = tr.get("scale")
     if scale is None:
         raise InputError(path, "no voxel size (scale transformation) in the OME-Zarr metadata")
-    return check_voxel_size([scale[axes.index(a)] for a in "zyx"], path)
+    if not isinstance(scale, list) or len(scale) != len(axes):
+        raise InputError(path, f"OME-Zarr scale {scale} does not give one value per axis ({_axes_names(axes)!r})")
+    names = _axes_names(axes)
+    sizes = []
+    for a in "zyx":
+        axis = axes[names.index(a)]
+        unit = str(axis.get("unit") or "micrometer").lower()
+        if unit not in UM_PER_UNIT:
+            raise InputError(path, f"OME-Zarr axis {a} has unit {unit!r}: expected a length unit "
+                                   f"({', '.join(UM_PER_UNIT)})")
+        sizes.append(float(scale[names.index(a)]) * UM_PER_UNIT[unit])
+        if unit not in ("micrometer", "micron"):
+            log.info("%s: axis %s in %s: voxel size converted to %.6g um", path, a, unit, sizes[-1])
+    return check_voxel_size(sizes, path)
 
 
 def _to_tzyx(arr: da.Array, axes: str, channel: int, path: Path) -> da.Array:
-    if not set("zyx") <= set(axes) or not set(axes) <= set("tczyx"):
-        raise InputError(path, f"OME-Zarr axes {axes!r}: need z, y, x (and optionally t, c)")
+    if not set("zyx") <= set(axes) or not set(axes) <= set("tczyx") or len(set(axes)) != len(axes):
+        raise InputError(path, f"OME-Zarr axes {axes!r}: need z, y, x (and optionally t, c), each once")
     if "c" in axes:
         n_c = arr.shape[axes.index("c")]
         if not 0 <= channel < n_c:
@@ -117,25 +183,35 @@ def _to_tzyx(arr: da.Array, axes: str, channel: int, path: Path) -> da.Array:
     return arr.transpose([axes.index(a) for a in "tzyx"])
 
 
-def read_ome_zarr(path: str | os.PathLike, channel: int = 0) -> tuple[da.Array, VoxelSize]:
-    """Level-0 image of an OME-Zarr as a lazy (t, z, y, x) dask array, and its voxel size (um)."""
-    path = Path(path)
+def _open(path: Path) -> zarr.Group:
+    if not path.is_dir():
+        raise InputError(path, "OME-Zarr image does not exist" if not path.exists() else "is a file, not an OME-Zarr image")
     try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception as err:
-        raise InputError(path, f"not an OME-Zarr image group ({type(err).__name__}: {err})") from err
+        return store.open_group(path)
+    except InputError as err:
+        raise InputError(path, f"not an OME-Zarr image group ({err.problem})") from err
+
+
+def read_ome_zarr(path: str | os.PathLike, channel: int = 0) -> tuple[da.Array, VoxelSize]:
+    """Level-0 image of an OME-Zarr as a lazy (t, z, y, x) dask array (chunks read by
+    `store.as_dask`), and its voxel size (um). Metadata that does not match the arrays is an
+    InputError naming the store."""
+    path = Path(path)
+    group = _open(path)
     ms = _multiscales(group, path)
-    axes = _axes_names(ms)
-    arr = da.from_zarr(group[ms["datasets"][0]["path"]])
-    return _to_tzyx(arr, axes, channel, path), _level0_scale(ms, axes, path)
+    array = _level0(group, ms, path)
+    axes = _axes(ms, array, path)
+    voxel_size = _level0_scale(ms, axes, path)
+    return _to_tzyx(store.as_dask(array), _axes_names(axes), channel, path), voxel_size
 
 
 def read_ome_zarr_labels(path: str | os.PathLike, name: str = "cells") -> da.Array:
     """Level-0 of the label image `labels/<name>` as a lazy (t, z, y, x) dask array."""
     path = Path(path)
-    group = zarr.open_group(str(path), mode="r")
+    group = _open(path)
     if "labels" not in group or name not in group["labels"]:
         raise InputError(path, f"no label image 'labels/{name}'")
     lab = group["labels"][name]
     ms = _multiscales(lab, path)
-    return _to_tzyx(da.from_zarr(lab[ms["datasets"][0]["path"]]), _axes_names(ms), 0, path)
+    array = _level0(lab, ms, path)
+    return _to_tzyx(store.as_dask(array), _axes_names(_axes(ms, array, path)), 0, path)

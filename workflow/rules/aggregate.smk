@@ -18,4 +18,4 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "mediar3d aggregate --metrics {input} --out {output} --title {params.title:q} > {log} 2>&1"
+        "mediar3d aggregate --metrics {input:q} --out {output:q} --title {params.title:q} > {log:q} 2>&1"

@@ -5,6 +5,8 @@ import hashlib
 import json
 import os
 import re
+import shlex
+import shutil
 from pathlib import Path
 
 from mediar3d.config import dataset_kind, dataset_path, resolve_model
@@ -50,11 +52,12 @@ def resources_of(rule_name):
 
 
 def option(flag, value):
-    """`--flag v1 v2` for a set value, '' for None (the stage's default)."""
+    """`--flag v1 v2` for a set value (each value shell-quoted: paths may hold spaces), '' for None
+    (the stage's default)."""
     if value is None:
         return ""
     values = value if isinstance(value, (list, tuple)) else [value]
-    return " ".join([flag, *(str(v) for v in values)])
+    return " ".join([flag, *(shlex.quote(str(v)) for v in values)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,7 +83,12 @@ def sequence_name(name):
 
 def sequences(dataset):
     """{sequence name: info entry} of the sequences to process (config `sequences` or all)."""
-    found = {sequence_name(name): entry for name, entry in dataset_info(dataset)["sequences"].items()}
+    return selected_sequences(dataset, dataset_info(dataset))
+
+
+def selected_sequences(dataset, info):
+    """{sequence name: info entry} of an info.json's sequences that the config selects (`sequences` or all)."""
+    found = {sequence_name(name): entry for name, entry in info["sequences"].items()}
     wanted = DATASETS[dataset]["sequences"]
     if wanted is None:
         return found
@@ -99,7 +107,11 @@ def _digits(dataset, entry):
 
 def timepoints(dataset, sequence):
     """Zero-padded timepoint strings of a sequence (as in its frame names)."""
-    entry = sequences(dataset)[sequence]
+    return timepoint_names(dataset, sequences(dataset)[sequence])
+
+
+def timepoint_names(dataset, entry):
+    """Zero-padded timepoint strings of a sequence's info entry."""
     width = _digits(dataset, entry)
     return [f"{t:0{width}d}" for t in entry["timepoints"]]
 
@@ -116,6 +128,47 @@ def gt_timepoints(dataset, sequence):
 
 def sequence_dir(dataset, sequence):
     return Path(sequences(dataset)[sequence]["path"])
+
+
+# --------------------------------------------------------------------------------------------
+# outputs of frames the input no longer holds
+
+PER_FRAME_RULES = ("resample", "infer", "fuse", "reconstruct", "evaluate")
+
+
+def frame_outputs(dataset, sequence):
+    """What the jobs of one frame write (masks, metrics, kept intermediates, logs, benchmarks), with
+    the timepoint left as {timepoint} (always in the last path component)."""
+    paths = [MASK, METRICS, OBJECTS, WORK]
+    paths += [f"{LOGS}/{rule}/{FRAME_LOG}.log" for rule in PER_FRAME_RULES]
+    paths += [f"{BENCH}/{rule}/{FRAME_LOG}.tsv" for rule in PER_FRAME_RULES]
+    return [p.format(dataset=dataset, sequence=sequence, timepoint="{timepoint}") for p in paths]
+
+
+def _timepoint_entries(template):
+    """{timepoint string: path} of what exists for a `frame_outputs` template."""
+    folder, name = os.path.split(template)
+    pattern = re.compile(re.escape(name).replace(re.escape("{timepoint}"), r"(\d+)") + "$")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return {m.group(1): os.path.join(folder, n) for n in names if (m := pattern.match(n))}
+
+
+def prune_removed_frames(dataset, info_path, log_path):
+    """Delete the outputs of frames that a dataset's sequences no longer hold (the frame or its file
+    was removed since an earlier run), so the results reflect exactly the current input; each removed
+    path is appended to `log_path`. Runs in the `info` checkpoint, before any job that reads them."""
+    with open(info_path, encoding="utf-8") as fh:
+        info = json.load(fh)
+    removed = []
+    for sequence, entry in selected_sequences(dataset, info).items():
+        keep = set(timepoint_names(dataset, entry))
+        for template in frame_outputs(dataset, sequence):
+            for timepoint, path in sorted(_timepoint_entries(template).items()):
+                if timepoint not in keep:
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                    removed.append(path)
+    with open(log_path, "a", encoding="utf-8") as fh:
+        fh.writelines(f"removed {path}: its frame is no longer in the input\n" for path in removed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,12 +240,8 @@ def resample_options(wildcards):
         option("--diameter", "none" if entry["diameter"] is None else entry["diameter"]),
         option("--device", config["device"]),
         option("--percentiles", config["resample"]["percentiles"]),
+        option("--max-gib", config["resample"]["max_gib"]),
     ]))
-
-
-def masks_dir(wildcards):
-    """The folder of a sequence's per-frame masks (before tracking)."""
-    return os.path.dirname(MASK.format(dataset=wildcards.dataset, sequence=wildcards.sequence, timepoint="0"))
 
 
 def sequence_masks(wildcards):

@@ -22,6 +22,6 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "mediar3d evaluate --res $(dirname {input.mask}) --gt {params.gt_dir} --frames {params.timepoint}"
-        " --out {output.metrics} --objects {output.objects} --method {params.method}"
-        " --dataset {wildcards.dataset} --sequence {wildcards.sequence} > {log} 2>&1"
+        "mediar3d evaluate --res \"$(dirname {input.mask:q})\" --gt {params.gt_dir:q} --frames {params.timepoint}"
+        " --out {output.metrics:q} --objects {output.objects:q} --method {params.method:q}"
+        " --dataset {wildcards.dataset:q} --sequence {wildcards.sequence:q} > {log:q} 2>&1"

@@ -16,4 +16,4 @@ rule fuse:
     conda:
         ENV
     shell:
-        "mediar3d fuse --input {input} --out {output} > {log} 2>&1"
+        "mediar3d fuse --input {input:q} --out {output:q} > {log:q} 2>&1"

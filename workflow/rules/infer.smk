@@ -28,6 +28,6 @@ rule infer:
     conda:
         ENV
     shell:
-        "mediar3d infer --input {input.iso} --model {input.model} --out {output} --views {params.views}"
+        "mediar3d infer --input {input.iso:q} --model {input.model:q} --out {output:q} --views {params.views}"
         " --tile {params.tile} --overlap {params.overlap} --batch {params.batch} {params.tta}"
-        " --device {params.device} --threads {threads} --no-progress > {log} 2>&1"
+        " --device {params.device} --threads {threads} --no-progress > {log:q} 2>&1"

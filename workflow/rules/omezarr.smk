@@ -9,8 +9,8 @@ rule omezarr:
     output:
         directory(OME_ZARR),
     params:
-        source=lambda w: ("--image " if DATASET_KINDS[w.dataset] == "ome-zarr" else "--ctc ")
-        + str(sequence_dir(w.dataset, w.sequence)),
+        source=lambda w: option("--image" if DATASET_KINDS[w.dataset] == "ome-zarr" else "--ctc",
+                                str(sequence_dir(w.dataset, w.sequence))),
         res_dir=lambda w: RES_DIR.format(dataset=w.dataset, sequence=w.sequence),
         voxel_size=lambda w: option("--voxel-size", DATASETS[w.dataset]["voxel_size"]),
         on_missing_frame=config["on_missing_frame"],
@@ -24,5 +24,5 @@ rule omezarr:
     conda:
         ENV
     shell:
-        "mediar3d to-omezarr {params.source} --res {params.res_dir} --out {output}"
-        " {params.voxel_size} --on-missing-frame {params.on_missing_frame} > {log} 2>&1"
+        "mediar3d to-omezarr {params.source} --res {params.res_dir:q} --out {output:q}"
+        " {params.voxel_size} --on-missing-frame {params.on_missing_frame} > {log:q} 2>&1"

@@ -27,5 +27,6 @@ rule reconstruct:
     conda:
         ENV
     shell:
-        "mediar3d reconstruct --input {input} --out {output} --method {params.method}"
-        " --boundary {params.boundary} {params.options} --workers {threads} > {log} 2>&1"
+        "mediar3d reconstruct --input {input:q} --out {output:q} --method {params.method}"
+        " --boundary {params.boundary} {params.options}"
+        " --workers {threads} > {log:q} 2>&1"

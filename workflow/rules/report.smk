@@ -24,6 +24,6 @@ rule report:
     conda:
         ENV
     shell:
-        "printf '%s' {params.config_text:q} > {output.config} &&"
-        " mediar3d aggregate --metrics {input.metrics} --out {output.report} --config {output.config}"
-        " --benchmarks {params.benchmarks} {params.card} --title {params.title:q} > {log} 2>&1"
+        "printf '%s' {params.config_text:q} > {output.config:q} &&"
+        " mediar3d aggregate --metrics {input.metrics:q} --out {output.report:q} --config {output.config:q}"
+        " --benchmarks {params.benchmarks:q} {params.card} --title {params.title:q} > {log:q} 2>&1"

@@ -21,5 +21,5 @@ rule resample:
     conda:
         ENV
     shell:
-        "mediar3d resample --input {input.frame} --timepoint {params.timepoint} --out {output} {params.options}"
-        " --threads {threads} > {log} 2>&1"
+        "mediar3d resample --input {input.frame:q} --timepoint {params.timepoint} --out {output:q} {params.options}"
+        " --threads {threads} > {log:q} 2>&1"

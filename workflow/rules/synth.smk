@@ -18,4 +18,4 @@ rule synth:
     conda:
         ENV
     shell:
-        "mediar3d synth --preset {params.preset} --seed {params.seed} --out {output} {params.options} > {log} 2>&1"
+        "mediar3d synth --preset {params.preset:q} --seed {params.seed} --out {output:q} {params.options} > {log:q} 2>&1"

@@ -1,5 +1,6 @@
 # track: link a sequence's masks over time into a valid CTC RES folder (masks relabelled to track
-# ids + res_track.txt). Re-runs for the whole sequence when a frame is added.
+# ids + res_track.txt). Re-runs for the whole sequence when a frame is added or removed; it links
+# exactly the masks of the frames the input holds now (never a leftover mask of a removed frame).
 
 
 rule track:
@@ -8,7 +9,7 @@ rule track:
     output:
         directory(RES_DIR),
     params:
-        masks=masks_dir,
+        on_missing_frame=config["on_missing_frame"],
     log:
         f"{LOGS}/track/{{dataset}}/{{sequence}}.log",
     benchmark:
@@ -19,4 +20,5 @@ rule track:
     conda:
         ENV
     shell:
-        "mediar3d track --res {params.masks} --out {output} > {log} 2>&1"
+        "mediar3d track --masks {input:q} --out {output:q} --on-missing-frame {params.on_missing_frame}"
+        " > {log:q} 2>&1"

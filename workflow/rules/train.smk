@@ -33,6 +33,6 @@ rule train:
     conda:
         ENV
     shell:
-        "mediar3d train --data {input.data} --out {output} --encoder {params.encoder} --epochs {params.epochs}"
+        "mediar3d train --data {input.data:q} --out {output:q} --encoder {params.encoder:q} --epochs {params.epochs}"
         " --seed {params.seed} --device {params.device} --threads {threads} {params.options} --no-progress"
-        " > {log} 2>&1"
+        " > {log:q} 2>&1"
