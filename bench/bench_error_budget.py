@@ -39,7 +39,7 @@ from mediar3d.flows import oracle_view_flows  # noqa: E402
 from mediar3d.fuse import fuse_views  # noqa: E402
 from mediar3d.infer import VIEWS, load_model, predict_view  # noqa: E402
 from mediar3d.io.ctc import read_frame, read_labels  # noqa: E402
-from mediar3d.reconstruct import masks_from_field  # noqa: E402
+from mediar3d.reconstruct import masks_from_field, resolve_prob_threshold  # noqa: E402
 from mediar3d.resample import (diameter_from_labels, labels_to_original, percentile_range, resample_block,  # noqa: E402
                                resample_labels, resample_to_iso, zoom_factors)
 from mediar3d.size import choose_diameter  # noqa: E402
@@ -85,10 +85,10 @@ def smooth_fraction(gt: np.ndarray, iso_shape) -> np.ndarray:
     return resample_block(ndi.gaussian_filter(mask, sigma) if any(sigma) else mask, iso_shape)
 
 
-def labels_from_views(views: dict, gt_shape, diameter_px: float) -> np.ndarray:
+def labels_from_views(views: dict, gt_shape, diameter_px: float, threshold: float) -> np.ndarray:
     field = fuse_views(views["xy"], views["xz"], views["yz"])
-    labels = masks_from_field(field, diameter_px=diameter_px)
-    return labels_to_original(labels, gt_shape, prob=field[3])
+    labels = masks_from_field(field, prob_threshold=threshold, diameter_px=diameter_px)
+    return labels_to_original(labels, gt_shape, prob=field[3], threshold=threshold)
 
 
 def score(pred: np.ndarray, gt: np.ndarray) -> tuple[dict, pd.DataFrame]:
@@ -109,6 +109,7 @@ def depth_of_objects(gt: np.ndarray, ids) -> np.ndarray:
 
 def run_case(name: str, image, gt, voxel_size, model, meta, device) -> tuple[list[dict], pd.DataFrame, dict]:
     train_px = float(meta["train_diameter_px"])
+    threshold = resolve_prob_threshold(None, meta)  # the model's calibration, as the pipeline uses it
     norm = percentile_range(image, meta.get("norm_percentiles") or (1.0, 99.8))
     true_um = diameter_from_labels(gt, voxel_size)
     t0 = time.perf_counter()
@@ -133,7 +134,7 @@ def run_case(name: str, image, gt, voxel_size, model, meta, device) -> tuple[lis
     }
     rows, objects = [], None
     for variant, views in variants.items():
-        metrics, table = score(labels_from_views(views, gt.shape, train_px), gt)
+        metrics, table = score(labels_from_views(views, gt.shape, train_px, threshold), gt)
         rows.append({"case": name, "variant": variant, **metrics})
         if variant == "pipeline":
             objects = table.assign(case=name, depth=depth_of_objects(gt, table["gt_id"].to_numpy()))
