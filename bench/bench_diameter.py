@@ -8,6 +8,10 @@ whole pipeline (`mediar3d.cli.segment.segment_volume`) with the estimate and wit
 The real BBBC050 volumes are listed as they are. Results: bench/results/bench_diameter.md.
 
     .venv/bin/python bench/bench_diameter.py [--model models/mediar3d_default.pt] [--seg-scales 0.5 1 2]
+
+`--validation` runs the same cases on validation seeds (1901+, never test seeds) and compares the
+estimator's settings (`--start-factors`) side by side: that is where `mediar3d.size.START_FACTOR`
+was chosen. Results: bench/results/bench_diameter_validation.md.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from bench_error_budget import BBBC050, load_case, synthetic_case  # noqa: E402
 #: (preset, seed, anisotropy, shape at the preset's anisotropy)
 CASES = [("zebrafish", 0, 4, (16, 96, 96)), ("zebrafish", 1, 8, (16, 96, 96)), ("sparse", 0, 2, (16, 96, 96)),
          ("celegans", 0, 10, (10, 128, 128)), ("thin", 0, 5, (6, 128, 128))]
+#: the validation seeds standing in for 0-2 in `--validation`
+VALIDATION_SEED = 1901
 SCALES = (0.5, 0.71, 1.0, 1.41, 2.0)
 
 
@@ -47,14 +53,43 @@ def seg_with(image, gt, voxel, model, meta, diameter) -> float:
     return float(evaluate_frame(labels, gt)["seg"])
 
 
+def compare_start_factors(items, model, meta, args) -> int:
+    """estimate / GT per validation case for each start factor, side by side; the summary per factor."""
+    train_px = float(meta["train_diameter_px"])
+    rows = []
+    for name, scale, img, lab, voxel in items:
+        row = {"case": name, "scale": scale, "GT um": diameter_from_labels(lab, voxel)}
+        norm = percentile_range(img, meta["norm_percentiles"])
+        for factor in args.start_factors:
+            found = estimate_diameter(img, voxel, model, train_px, norm, start_factor=factor)
+            row[f"start x{factor:g}: estimate / GT"] = found.diameter_um / row["GT um"]
+        rows.append(row)
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    table = pd.DataFrame(rows)
+    lines = header(f"Diameter estimate on validation seeds: start factors compared ({args.model.name})")
+    for factor in args.start_factors:
+        error = (table[f"start x{factor:g}: estimate / GT"] - 1).abs()
+        lines.append(f"- start at prior x {factor:g}: |estimate / GT - 1| mean {error.mean():.3f}, largest "
+                     f"{error.max():.3f}, within 15% in {int((error <= 0.15).sum())} of {len(error)}")
+    lines += ["", table.to_markdown(index=False, floatfmt=".3f"), ""]
+    write_report(args.out, lines)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "mediar3d_default.pt")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "diameter")
     parser.add_argument("--seg-scales", type=float, nargs="*", default=[0.5, 1.0, 2.0],
                         help="scales at which SEG with the estimate and with the true diameter are compared")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench_diameter.md")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/bench_diameter.md (_validation.md with --validation)")
+    parser.add_argument("--validation", action="store_true",
+                        help="validation seeds; compare --start-factors instead of measuring SEG")
+    parser.add_argument("--start-factors", type=float, nargs="+", default=[1.0, 1.25, 1.5])
     args = parser.parse_args()
+    name = "bench_diameter_validation.md" if args.validation else "bench_diameter.md"
+    args.out = args.out or ROOT / "bench" / "results" / name
     import torch
 
     from mediar3d.infer import set_threads
@@ -63,13 +98,16 @@ def main() -> int:
     model, meta = load_model(args.model, torch.device("cpu"))
     train_px = float(meta["train_diameter_px"])
     items = []
-    for case in CASES:
-        name, folder = synthetic_case(args.work, *case)
+    for preset, seed, anisotropy, shape in CASES:
+        seed = VALIDATION_SEED + seed if args.validation else seed
+        name, folder = synthetic_case(args.work, preset, seed, anisotropy, shape)
         image, gt, voxel = load_case(folder, 0)
         for scale in SCALES:
             img = image if scale == 1 else ndi.zoom(image.astype(np.float32), scale, order=1)
             lab = gt if scale == 1 else ndi.zoom(gt, scale, order=0)
             items.append((name, scale, img, lab, voxel))
+    if args.validation:
+        return compare_start_factors(items, model, meta, args)
     if BBBC050.is_dir():
         items += [(f"bbbc050 t{t}", 1.0, *load_case(BBBC050, t)) for t in (0, 1)]
     rows = []

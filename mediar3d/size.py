@@ -48,6 +48,10 @@ TOLERANCE = 1.08
 MAX_STEP = 2.0
 #: smallest number of whole objects a measurement is trusted with
 MIN_OBJECTS = 3
+#: the first network measurement is made at the prior x this: objects shown a little smaller than the
+#: training diameter are measured at their size, while objects shown larger are often split and
+#: measured small, a bias the iteration would then follow down (chosen on validation seeds 1900+)
+START_FACTOR = 1.25
 
 
 @dataclass
@@ -204,14 +208,14 @@ def measure_diameter(volume: np.ndarray, voxel_size: Sequence[float], norm_range
 
 def estimate_diameter(volume, voxel_size: Sequence[float], model, train_diameter_px: float,
                       norm_range: tuple[float, float], *, device="cpu", flow_scale: float | None = None,
-                      max_iterations: int = 4) -> SizeEstimate:
+                      max_iterations: int = 4, start_factor: float = START_FACTOR) -> SizeEstimate:
     """Typical object diameter (um) of a raw (Z, Y, X) volume: the image prior, refined by the
     network until the objects it finds have the diameter the volume was rescaled for."""
     volume = np.asarray(volume)
     prior = image_diameter(volume, voxel_size)
     estimate = SizeEstimate(prior, prior, reason="image prior only: the network found no object near it")
     centre = densest_centre(volume, voxel_size, prior)
-    guess = prior
+    guess = prior * start_factor
     for _ in range(max_iterations):
         measured, n = measure_diameter(volume, voxel_size, norm_range, model, train_diameter_px, guess, centre,
                                        device=device, flow_scale=flow_scale)
