@@ -147,16 +147,16 @@ def test_segment_refuses_gapped_frames_and_masks_of_other_frames(ctc_sequence, t
 def test_segment_reconstructs_at_the_rescaled_diameter(ctc_sequence, checkpoint, tmp_path, monkeypatch):
     """--diameter rescales objects to the checkpoint's training diameter (12 px): reconstruction must
     then use 12 px too (flow steps, minimum size), as the workflow's reconstruct rule does."""
-    from mediar3d import reconstruct
+    from mediar3d import methods
 
     seen = []
-    original = reconstruct.masks_from_field_dask
+    original = methods.masks_from_field_dask
 
     def spy(field, **kwargs):
         seen.append(kwargs["diameter_px"])
         return original(field, **kwargs)
 
-    monkeypatch.setattr(reconstruct, "masks_from_field_dask", spy)
+    monkeypatch.setattr(methods, "masks_from_field_dask", spy)
     assert _run("segment", ctc_sequence, "--out", tmp_path / "res", "--model", checkpoint, "--diameter", 6,
                 "--frames", 0, "--device", "cpu", "--no-progress") == 0
     assert seen == [12.0]
