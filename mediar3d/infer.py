@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mediar3d import pipeline
 from mediar3d.errors import InputError
 from mediar3d.model import FLOW_SCALE, SIZE_MULTIPLE
 from mediar3d.resample import SLAB_VOXELS, slab_bounds
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 #: views, the volume axis each slices along, and the flow components they give
 VIEW_AXIS: dict[str, int] = {"xy": 0, "xz": 1, "yz": 2}
 VIEW_COMPONENTS: dict[str, tuple[str, str]] = {"xy": ("dy", "dx"), "xz": ("dz", "dx"), "yz": ("dz", "dy")}
-VIEWS: tuple[str, ...] = ("xy", "xz", "yz")
+VIEWS: tuple[str, ...] = pipeline.VIEWS
 #: Gaussian sigma of the tile importance map, as a fraction of the tile size
 SIGMA_FRACTION = 0.125
 
