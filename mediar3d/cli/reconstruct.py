@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="MASK.tif", help="output CTC mask (uint16 TIFF)")
     add_settings(parser, "method", "prob_threshold", "min_size")
     parser.add_argument("--diameter-px", type=float, default=None, metavar="D",
-                        help="typical object diameter in iso voxels; sets flow steps and min size "
-                        "(default: the iso attrs' diameter_px, recorded when resample rescaled objects, else 30)")
+                        help="typical object diameter in iso voxels, for a field that resample did not make; sets "
+                        "flow steps and min size (default: the diameter resample recorded in the attrs, else 30). "
+                        "The workflow and `segment` never set it: the one diameter setting is resample's --diameter")
     add_settings(parser, "boundary", "block", "workers")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="dask.distributed scheduler address (default: dask threads)")
