@@ -17,8 +17,8 @@ from scipy.special import expit
 
 from mediar3d.errors import InputError
 from mediar3d.pipeline import BOUNDARIES, METHODS
-from mediar3d.reconstruct import (masks_from_field_dask, masks_from_flows_2d, relabel_by_first_voxel,
-                                  resolve_prob_threshold)
+from mediar3d.reconstruct import (DEFAULT_PROB_THRESHOLD, masks_from_field_dask, masks_from_flows_2d,
+                                  relabel_by_first_voxel, resolve_prob_threshold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def stitch_slices(masks, iou_threshold: float = 0.25) -> np.ndarray:
     return relabel_by_first_voxel(out)
 
 
-def xy_stitch_from_views(xy, prob_threshold: float = 0.5, niter: int | None = None, diameter_px: float | None = None,
+def xy_stitch_from_views(xy, prob_threshold: float = DEFAULT_PROB_THRESHOLD, niter: int | None = None, diameter_px: float | None = None,
                          min_size: int | None = None, iou_threshold: float = 0.25) -> np.ndarray:
     """The xy-only baseline: 2D masks of every z slice of the xy view (3, Z, Y, X) = (dy, dx, logit),
     stitched along z. Returns uint32 labels (Z, Y, X)."""

@@ -31,12 +31,13 @@ from torch import nn
 
 from mediar3d.errors import InputError
 from mediar3d.io.jsonable import to_jsonable
+from mediar3d.pipeline import TILE_MULTIPLE
 from mediar3d.resources import DEFAULT_MODEL_NAME, models_dir
 
 #: flows are learned as unit flows x FLOW_SCALE (as Cellpose)
 FLOW_SCALE: float = 5.0
 #: network input height and width must be multiples of this
-SIZE_MULTIPLE: int = 32
+SIZE_MULTIPLE: int = TILE_MULTIPLE
 #: Mix-Transformer encoders smp provides
 ENCODERS: tuple[str, ...] = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
 #: decoder configurations: name -> (decoder_channels, pab_channels). "mediar" is MEDIAR's own.

@@ -198,7 +198,7 @@ def _follow_serial(field, coords, offset, gshape, threshold, niter, step, check_
     return ends, escaped
 
 
-def follow_flows(field, fg_coords, niter: int, step: float = 1.0, prob_threshold: float = 0.5,
+def follow_flows(field, fg_coords, niter: int, step: float = 1.0, prob_threshold: float = DEFAULT_PROB_THRESHOLD,
                  offset: Sequence[int] = (0, 0, 0), volume_shape: Sequence[int] | None = None,
                  parallel: bool = True) -> np.ndarray:
     """End points (N, 3) float64 (z, y, x voxels) of the voxels `fg_coords` (N, 3) following `field`.
@@ -641,7 +641,7 @@ def _resolve(diameter_px, niter, min_size, ndim):
     return niter, min_size
 
 
-def masks_from_field(field, prob_threshold: float = 0.5, niter: int | None = None, diameter_px: float | None = None,
+def masks_from_field(field, prob_threshold: float = DEFAULT_PROB_THRESHOLD, niter: int | None = None, diameter_px: float | None = None,
                      min_size: int | None = None, max_size_fraction: float = 0.4, step: float = 1.0) -> np.ndarray:
     """uint32 labels (Z, Y, X) from a field (4, Z, Y, X) = (dz, dy, dx, prob), in one block.
 
@@ -672,7 +672,7 @@ def flow_errors(labels, flows) -> np.ndarray:
     return errors
 
 
-def masks_from_flows_2d(flows, prob, prob_threshold: float = 0.5, niter: int | None = None,
+def masks_from_flows_2d(flows, prob, prob_threshold: float = DEFAULT_PROB_THRESHOLD, niter: int | None = None,
                         diameter_px: float | None = None, min_size: int | None = None,
                         max_size_fraction: float = 0.4, step: float = 1.0,
                         flow_threshold: float | None = None) -> np.ndarray:
@@ -737,7 +737,7 @@ def _compute(tasks, scheduler, workers):
 
 
 def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int | None = None, scheduler=None,
-                          workers: int | None = None, prob_threshold: float = 0.5, niter: int | None = None,
+                          workers: int | None = None, prob_threshold: float = DEFAULT_PROB_THRESHOLD, niter: int | None = None,
                           diameter_px: float | None = None, min_size: int | None = None,
                           max_size_fraction: float = 0.4, step: float = 1.0, out=None) -> np.ndarray:
     """uint32 labels (Z, Y, X) from a field (4, Z, Y, X) (numpy, zarr or dask), flow following run
