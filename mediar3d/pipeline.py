@@ -183,10 +183,10 @@ def fuse(views_path, out) -> Path:
 
 def set_workers(workers: int | None) -> int:
     """numba's thread count for the reconstruction: `workers` (None = all cores), capped by numba's maximum."""
-    import numba
+    from mediar3d.reconstruct import set_numba_threads
 
     workers = int(workers or os.cpu_count() or 1)
-    numba.set_num_threads(max(1, min(workers, numba.config.NUMBA_NUM_THREADS)))
+    set_numba_threads(workers)
     return workers
 
 

@@ -103,6 +103,14 @@ def resolve_prob_threshold(prob_threshold: float | None, attrs) -> float:
     return value
 
 
+def set_numba_threads(threads: int) -> int:
+    """Set numba's thread count (the reconstruction's parallel kernels) to `threads`, capped to
+    [1, NUMBA_NUM_THREADS]; returns the count set."""
+    count = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(count)
+    return count
+
+
 def flow_halo(niter: int, step: float = 1.0) -> int:
     """Halo (voxels) that contains every flow path of `niter` steps and its interpolation stencil."""
     return int(math.ceil(niter * step)) + 2
@@ -275,7 +283,7 @@ def block_end_points(field_block, offset: Sequence[int], own: Sequence[slice], v
     (None: numba's current setting; 1: the calling thread only, GIL released)."""
     parallel = threads is None or int(threads) > 1
     if threads and parallel:
-        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        set_numba_threads(threads)
     block = np.ascontiguousarray(np.asarray(field_block), dtype=np.float32)
     lo = np.asarray([s.start - o for s, o in zip(own, offset)], np.int64)
     hi = np.asarray([s.stop - o for s, o in zip(own, offset)], np.int64)
