@@ -111,6 +111,16 @@ def check_settings(settings: Settings) -> None:
         raise ConfigError(f"prob_threshold must lie in [0, 1], got {s.prob_threshold}")
     if len(s.block) != 3 or min(s.block) < 1:
         raise ConfigError(f"block must be three positive sizes (z, y, x), got {tuple(s.block)}")
+    _check_diameter(s.diameter)
+
+
+def _check_diameter(value) -> None:
+    from mediar3d.size import parse_diameter
+
+    try:
+        parse_diameter(value)
+    except InputError as err:
+        raise ConfigError(str(err)) from None
 
 
 def settings_defaults() -> dict[str, Any]:
@@ -203,7 +213,9 @@ def original_shape(attrs: Mapping, path, shape: Sequence[int]) -> tuple[int, int
 
 def reconstruct(path, settings: Settings, *, diameter_px: float | None = None, scheduler=None) -> np.ndarray:
     """The reconstruct stage: the method's input (field.zarr, views.zarr for xy-stitch, iso.zarr for
-    classical) -> uint32 labels (Z, Y, X) on the frame's original grid."""
+    classical) -> uint32 labels (Z, Y, X) on the frame's original grid. The object diameter is the
+    one resample chose (attrs `diameter_px`, iso voxels); `diameter_px` is only for an input resample
+    did not make. `scheduler`: None (dask threads), "sync", or a dask.distributed Client / address."""
     from mediar3d import methods
 
     set_workers(settings.workers)

@@ -77,7 +77,8 @@ def test_segment_takes_every_setting():
 
 
 @pytest.mark.parametrize("bad", [{"tile": 48}, {"overlap": 1.0}, {"batch": 0}, {"method": "magic"},
-                                 {"prob_threshold": 1.5}, {"block": (0, 1, 1)}, {"max_gib": 0}])
+                                 {"prob_threshold": 1.5}, {"block": (0, 1, 1)}, {"max_gib": 0},
+                                 {"diameter": "large"}])
 def test_bad_settings_are_config_errors_naming_the_setting(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         Settings(**bad)
