@@ -5,7 +5,7 @@
     snakemake --profile workflow/profiles/slurm --configfile my.yaml
 
 Per timepoint: resample -> infer -> fuse -> reconstruct -> evaluate; per sequence: track (CTC
-RES folder) and an OME-Zarr; then aggregate (per dataset) and report (all datasets).
+RES folder) and an OME-Zarr; then dataset_report (per dataset) and report (all datasets).
 See README.md for the outputs and the configuration.
 """
 
@@ -56,7 +56,7 @@ include: "workflow/rules/reconstruct.smk"
 include: "workflow/rules/track.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/omezarr.smk"
-include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/dataset_report.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/train.smk"
 

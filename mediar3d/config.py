@@ -16,17 +16,11 @@ from typing import Any, Mapping
 import yaml
 
 from mediar3d.errors import ConfigError
+from mediar3d.pipeline import BOUNDARIES, METHODS  # noqa: F401  (schema keys `method`, `reconstruct.boundary`)
+from mediar3d.resources import default_model, models_dir, schema_path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-MODELS_DIR = REPO_ROOT / "models"
-#: segmentation methods (schema key `method`): three-view fusion, xy view + stitching, classical
-METHODS: tuple[str, ...] = ("mediar3d", "xy-stitch", "classical")
-#: how labels go back to the original grid (mediar3d.reconstruct.labels_on_original_grid)
-BOUNDARIES: tuple[str, ...] = ("probability", "nearest")
-#: the shipped default checkpoint (see models/MODEL_CARD.md)
-DEFAULT_MODEL_NAME = "mediar3d_default.pt"
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+SCHEMA_PATH = schema_path()
+MODELS_DIR = models_dir()
 _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer",
                float: "number", type(None): "null"}
 
@@ -174,19 +168,10 @@ def check_datasets(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"config key 'datasets.{name}.path': {entry['path']} does not exist")
 
 
-def default_model(models_dir: str | os.PathLike = MODELS_DIR) -> str | None:
-    """The shipped checkpoint: models/mediar3d_default.pt, else the first (by name) .pt/.pth/.ckpt
-    file in models/, or None."""
-    folder = Path(models_dir)
-    if (folder / DEFAULT_MODEL_NAME).is_file():
-        return str(folder / DEFAULT_MODEL_NAME)
-    found = sorted(p for p in folder.glob("*") if p.suffix in CHECKPOINT_SUFFIXES) if folder.is_dir() else []
-    return str(found[0]) if found else None
-
-
 def resolve_model(config: Mapping[str, Any], models_dir: str | os.PathLike = MODELS_DIR) -> str | None:
-    """The checkpoint the run uses (config `model`, else the shipped one); None for method classical."""
-    if config["method"] == "classical" and not config.get("model"):
+    """The checkpoint the run uses (config `model`, else the shipped one); None for method classical,
+    which uses none (as `mediar3d segment`: same settings, same masks)."""
+    if config["method"] == "classical":
         return None
     model = config.get("model") or default_model(models_dir)
     if model is None:

@@ -40,7 +40,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from mediar3d.errors import InputError
-from mediar3d.io.ctc import GT_FULL_RE, GT_SLICE_RE, read_labels, result_masks
+from mediar3d.io.ctc import parse_gt_name, read_labels, result_masks
 
 log = logging.getLogger(__name__)
 
@@ -433,12 +433,9 @@ def gt_frames(gt_dir: str | os.PathLike) -> list[GTFrame]:
     seg_dir = gt_seg_dir(gt_dir)
     frames = []
     for path in seg_dir.iterdir():
-        full = GT_FULL_RE.match(path.name)
-        part = GT_SLICE_RE.match(path.name) if path.name.startswith("man_seg_") else None
-        if full:
-            frames.append(GTFrame(int(full.group(1)), None, path))
-        elif part:
-            frames.append(GTFrame(int(part.group(1)), int(part.group(2)), path))
+        parsed = parse_gt_name(path.name)  # other files of the folder are not GT
+        if parsed is not None:
+            frames.append(GTFrame(*parsed, path))
     if not frames:
         raise InputError(seg_dir, "no CTC segmentation GT files (man_segTTT.tif / man_seg_TTT_ZZZ.tif)")
     return sorted(frames, key=lambda f: (f.t, -1 if f.z is None else f.z))

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.special import expit
 
 from mediar3d.errors import InputError
+from mediar3d.pipeline import VIEWS
 from mediar3d.resample import SLAB_VOXELS, slab_bounds
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def fuse_zarr(views_path: str | os.PathLike, out_path: str | os.PathLike, chunks
     from mediar3d.io import store
 
     group = store.open_group(views_path)
-    missing = [v for v in ("xy", "xz", "yz") if v not in group]
+    missing = [v for v in VIEWS if v not in group]
     if missing:
         hint = " (an xy-only views.zarr is segmented with --method xy-stitch)" if missing == ["xz", "yz"] else ""
         raise InputError(views_path, f"views {missing} are missing: fusion needs xy, xz and yz{hint}")

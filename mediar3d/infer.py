@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mediar3d import pipeline
 from mediar3d.errors import InputError
 from mediar3d.model import FLOW_SCALE, SIZE_MULTIPLE
 from mediar3d.resample import SLAB_VOXELS, slab_bounds
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 #: views, the volume axis each slices along, and the flow components they give
 VIEW_AXIS: dict[str, int] = {"xy": 0, "xz": 1, "yz": 2}
 VIEW_COMPONENTS: dict[str, tuple[str, str]] = {"xy": ("dy", "dx"), "xz": ("dz", "dx"), "yz": ("dz", "dy")}
-VIEWS: tuple[str, ...] = ("xy", "xz", "yz")
+VIEWS: tuple[str, ...] = pipeline.VIEWS
+#: the pipeline's default tiling (tile, overlap, batch)
+_DEFAULT = pipeline.Settings()
 #: Gaussian sigma of the tile importance map, as a fraction of the tile size
 SIGMA_FRACTION = 0.125
 
@@ -169,9 +172,10 @@ def run_batch(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, t
     return y
 
 
-def predict_slices(model: torch.nn.Module, slices: np.ndarray, tile: int = 256, overlap: float = 0.25,
-                   batch: int = 8, tta: bool = False, device: torch.device | str = "cpu",
-                   progress: tqdm | None = None, flow_scale: float = FLOW_SCALE) -> np.ndarray:
+def predict_slices(model: torch.nn.Module, slices: np.ndarray, tile: int = _DEFAULT.tile,
+                   overlap: float = _DEFAULT.overlap, batch: int = _DEFAULT.batch, tta: bool = False,
+                   device: torch.device | str = "cpu", progress: tqdm | None = None,
+                   flow_scale: float = FLOW_SCALE) -> np.ndarray:
     """Network prediction for a stack of 2D slices (N, H, W) float32 -> (N, 3, H, W) float32
     (flow_row, flow_col unit-scale; logit). Tiles of all slices are batched `batch` at a time."""
     slices = np.asarray(slices, dtype=np.float32)
@@ -211,9 +215,10 @@ def _slab_index(axis: int, start: int, stop: int) -> tuple[slice, ...]:
     return tuple(index)
 
 
-def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = 256, overlap: float = 0.25,
-                 batch: int = 8, tta: bool = False, device: torch.device | str = "cpu",
-                 slab_voxels: int = SLAB_VOXELS, progress: bool = True, flow_scale: float = FLOW_SCALE) -> None:
+def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = _DEFAULT.tile,
+                 overlap: float = _DEFAULT.overlap, batch: int = _DEFAULT.batch, tta: bool = False,
+                 device: torch.device | str = "cpu", slab_voxels: int = SLAB_VOXELS, progress: bool = True,
+                 flow_scale: float = FLOW_SCALE) -> None:
     """Predict every slice of one view of a (Z, Y, X) volume into `out` (3, Z, Y, X) (zarr or numpy).
 
     The volume is read and `out` written one slab of slices at a time (<= `slab_voxels` input
@@ -240,8 +245,9 @@ def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = 
 
 
 def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os.PathLike, out_path: str | os.PathLike,
-                  views: Sequence[str] = VIEWS, *, tile: int = 256, overlap: float = 0.25, batch: int = 8,
-                  tta: bool = False, device: str | torch.device = "auto", threads: int | None = None,
+                  views: Sequence[str] = VIEWS, *, tile: int = _DEFAULT.tile, overlap: float = _DEFAULT.overlap,
+                  batch: int = _DEFAULT.batch, tta: bool = False, device: str | torch.device = "auto",
+                  threads: int | None = None,
                   slab_voxels: int = SLAB_VOXELS, model_name: str | None = None, progress: bool = True,
                   flow_scale: float | None = None, prob_threshold: float | None = None) -> Path:
     """The `infer` stage: iso.zarr (Z, Y, X) -> views.zarr group with float32 (3, Z, Y, X) arrays

@@ -29,14 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mediar3d.config import DEFAULT_MODEL_NAME, MODELS_DIR
 from mediar3d.errors import InputError
 from mediar3d.io.jsonable import to_jsonable
+from mediar3d.pipeline import TILE_MULTIPLE
+from mediar3d.resources import DEFAULT_MODEL_NAME, models_dir
 
 #: flows are learned as unit flows x FLOW_SCALE (as Cellpose)
 FLOW_SCALE: float = 5.0
 #: network input height and width must be multiples of this
-SIZE_MULTIPLE: int = 32
+SIZE_MULTIPLE: int = TILE_MULTIPLE
 #: Mix-Transformer encoders smp provides
 ENCODERS: tuple[str, ...] = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
 #: decoder configurations: name -> (decoder_channels, pab_channels). "mediar" is MEDIAR's own.
@@ -45,7 +46,7 @@ DECODERS: dict[str, tuple[tuple[int, ...], int]] = {
     "mediar": ((1024, 512, 256, 128, 64), 256),
 }
 #: the shipped default checkpoint (models/ of the repository; see models/MODEL_CARD.md)
-DEFAULT_MODEL: Path = MODELS_DIR / DEFAULT_MODEL_NAME
+DEFAULT_MODEL: Path = models_dir() / DEFAULT_MODEL_NAME
 CHECKPOINT_FORMAT = "mediar3d-checkpoint"
 CHECKPOINT_VERSION = 1
 #: stem convolution (first layer of the encoder): MEDIAR's has 3 input channels, ours 1

@@ -37,10 +37,9 @@ from typing import Sequence
 
 import numba
 import numpy as np
-from scipy.special import expit
 
+from mediar3d import pipeline
 from mediar3d.blockread import BlockReader, block_boxes, haloed_box, read_block
-from mediar3d.config import BOUNDARIES, METHODS
 from mediar3d.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ CHECK_EVERY = 6
 CONVERGED_MOVE = 1.0
 SEED_COUNT = 10
 GROW_ITERS = 6
-DEFAULT_BLOCK = (128, 256, 256)
+DEFAULT_BLOCK = pipeline.DEFAULT_BLOCK
 #: foreground threshold of a model that records no calibrated one (checkpoint meta `prob_threshold`)
 DEFAULT_PROB_THRESHOLD = 0.5
 #: smallest object kept by default, as a fraction of a ball of the object diameter (chosen for 3D SEG
@@ -102,6 +101,14 @@ def resolve_prob_threshold(prob_threshold: float | None, attrs) -> float:
     if not 0.0 <= value <= 1.0:
         raise InputError(None, f"probability threshold must lie in [0, 1], got {value}")
     return value
+
+
+def set_numba_threads(threads: int) -> int:
+    """Set numba's thread count (the reconstruction's parallel kernels) to `threads`, capped to
+    [1, NUMBA_NUM_THREADS]; returns the count set."""
+    count = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(count)
+    return count
 
 
 def flow_halo(niter: int, step: float = 1.0) -> int:
@@ -199,7 +206,7 @@ def _follow_serial(field, coords, offset, gshape, threshold, niter, step, check_
     return ends, escaped
 
 
-def follow_flows(field, fg_coords, niter: int, step: float = 1.0, prob_threshold: float = 0.5,
+def follow_flows(field, fg_coords, niter: int, step: float = 1.0, prob_threshold: float = DEFAULT_PROB_THRESHOLD,
                  offset: Sequence[int] = (0, 0, 0), volume_shape: Sequence[int] | None = None,
                  parallel: bool = True) -> np.ndarray:
     """End points (N, 3) float64 (z, y, x voxels) of the voxels `fg_coords` (N, 3) following `field`.
@@ -276,7 +283,7 @@ def block_end_points(field_block, offset: Sequence[int], own: Sequence[slice], v
     (None: numba's current setting; 1: the calling thread only, GIL released)."""
     parallel = threads is None or int(threads) > 1
     if threads and parallel:
-        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        set_numba_threads(threads)
     block = np.ascontiguousarray(np.asarray(field_block), dtype=np.float32)
     lo = np.asarray([s.start - o for s, o in zip(own, offset)], np.int64)
     hi = np.asarray([s.stop - o for s, o in zip(own, offset)], np.int64)
@@ -642,7 +649,7 @@ def _resolve(diameter_px, niter, min_size, ndim):
     return niter, min_size
 
 
-def masks_from_field(field, prob_threshold: float = 0.5, niter: int | None = None, diameter_px: float | None = None,
+def masks_from_field(field, prob_threshold: float = DEFAULT_PROB_THRESHOLD, niter: int | None = None, diameter_px: float | None = None,
                      min_size: int | None = None, max_size_fraction: float = 0.4, step: float = 1.0) -> np.ndarray:
     """uint32 labels (Z, Y, X) from a field (4, Z, Y, X) = (dz, dy, dx, prob), in one block.
 
@@ -673,7 +680,7 @@ def flow_errors(labels, flows) -> np.ndarray:
     return errors
 
 
-def masks_from_flows_2d(flows, prob, prob_threshold: float = 0.5, niter: int | None = None,
+def masks_from_flows_2d(flows, prob, prob_threshold: float = DEFAULT_PROB_THRESHOLD, niter: int | None = None,
                         diameter_px: float | None = None, min_size: int | None = None,
                         max_size_fraction: float = 0.4, step: float = 1.0,
                         flow_threshold: float | None = None) -> np.ndarray:
@@ -738,7 +745,7 @@ def _compute(tasks, scheduler, workers):
 
 
 def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int | None = None, scheduler=None,
-                          workers: int | None = None, prob_threshold: float = 0.5, niter: int | None = None,
+                          workers: int | None = None, prob_threshold: float = DEFAULT_PROB_THRESHOLD, niter: int | None = None,
                           diameter_px: float | None = None, min_size: int | None = None,
                           max_size_fraction: float = 0.4, step: float = 1.0, out=None) -> np.ndarray:
     """uint32 labels (Z, Y, X) from a field (4, Z, Y, X) (numpy, zarr or dask), flow following run
@@ -785,156 +792,3 @@ def masks_from_field_dask(field, block: Sequence[int] | None = None, halo: int |
         for own in boxes:
             out[own] = labels[own]
     return labels
-
-
-# ---------------------------------------------------------------------------------------------
-# the reconstruct stage: one entry point for the three methods (CLI `reconstruct` and `segment`)
-
-def open_method_input(path, method: str):
-    """(array, attrs) of the zarr a method reconstructs from: field.zarr (mediar3d), the xy array of
-    views.zarr (xy-stitch, with the group's attrs) or iso.zarr (classical); shapes are checked."""
-    from mediar3d.io import store
-
-    if method not in METHODS:
-        raise InputError(path, f"unknown method {method!r}: choose from {METHODS}")
-    if method == "xy-stitch":
-        group = store.open_group(path)
-        if "xy" not in group:
-            raise InputError(path, "views.zarr has no 'xy' array (xy-stitch needs the xy view)")
-        array = group["xy"]
-        return array, {**dict(group.attrs), **dict(array.attrs)}
-    array = store.open_array(path)
-    want = {"mediar3d": (4, "(4, Z, Y, X) = (dz, dy, dx, prob)"), "classical": (3, "(Z, Y, X)")}[method]
-    if array.ndim != want[0] or (method == "mediar3d" and array.shape[0] != 4):
-        raise InputError(path, f"expected a {want[1]} array for method {method}, got shape {array.shape}")
-    return array, dict(array.attrs)
-
-
-def reconstruct_method(array, attrs, method: str, *, prob_threshold: float | None = None,
-                       diameter_px: float | None = None, min_size: int | None = None, block=None, scheduler=None,
-                       workers: int | None = None) -> np.ndarray:
-    """uint32 labels on the iso grid from `open_method_input`'s (array, attrs). diameter_px defaults
-    to attrs["diameter_px"] (recorded when resample rescaled objects to the model's diameter),
-    prob_threshold to the model's calibrated one (`resolve_prob_threshold`)."""
-    prob_threshold = resolve_prob_threshold(prob_threshold, attrs)
-    if diameter_px is None and attrs.get("diameter_px"):
-        diameter_px = float(attrs["diameter_px"])
-    if method == "mediar3d":
-        return masks_from_field_dask(array, block=block, scheduler=scheduler, workers=workers,
-                                     prob_threshold=prob_threshold, diameter_px=diameter_px, min_size=min_size)
-    if method == "xy-stitch":
-        return xy_stitch_from_views(array, prob_threshold=prob_threshold, diameter_px=diameter_px, min_size=min_size)
-    from mediar3d.baselines import classical_segment
-    from mediar3d.io import store
-
-    return np.asarray(classical_segment(store.read(array), diameter_px=diameter_px, min_size=min_size), dtype=np.uint32)
-
-
-class _Probability:
-    """The foreground probability (Z, Y, X) of a method's input, read lazily plane by plane: channel
-    3 of the field (mediar3d) or the sigmoid of the xy view's logit (xy-stitch)."""
-
-    def __init__(self, array, method: str):
-        self.array, self.method = array, method
-        self.shape = tuple(array.shape[1:])
-        self.dtype = np.dtype(np.float32)
-        self.ndim = 3
-
-    def __getitem__(self, key):
-        from mediar3d.io import store
-
-        key = key if isinstance(key, tuple) else (key,)
-        if self.method == "mediar3d":
-            return store.read(self.array, (3, *key)).astype(np.float32, copy=False)
-        return expit(store.read(self.array, (2, *key)).astype(np.float32, copy=False))
-
-
-def method_probability(array, method: str):
-    """Lazy (Z, Y, X) foreground probability of `open_method_input`'s array, or None (classical)."""
-    return None if method == "classical" else _Probability(array, method)
-
-
-def labels_on_original_grid(labels_iso: np.ndarray, array, attrs, method: str, prob_threshold: float | None = None,
-                            boundary: str = "probability") -> np.ndarray:
-    """Labels of a method (on the iso grid) mapped back to the frame's `original_shape` (attrs).
-    `boundary`: "probability" decides the boundary at the original resolution from the method's
-    interpolated probability (`mediar3d.resample.labels_to_original`), "nearest" (and the classical
-    method, which has no probability) maps labels by nearest neighbour."""
-    from mediar3d.resample import labels_to_original
-
-    if boundary not in BOUNDARIES:
-        raise InputError(None, f"unknown boundary mode {boundary!r}: choose from {BOUNDARIES}")
-    original = tuple(int(s) for s in attrs.get("original_shape") or labels_iso.shape)
-    prob = method_probability(array, method) if boundary == "probability" else None
-    if prob is None and original == tuple(labels_iso.shape):
-        return labels_iso
-    return labels_to_original(labels_iso, original, prob=prob, threshold=resolve_prob_threshold(prob_threshold, attrs))
-
-
-# ---------------------------------------------------------------------------------------------
-# xy-only baseline: 2D masks per slice, stitched along z
-
-
-def _pair_overlaps(prev: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(prev ids, cur ids, overlap voxels, prev sizes, cur sizes) of overlapping pairs of two slices."""
-    both = (prev > 0) & (cur > 0)
-    pairs = (prev[both].astype(np.uint64) << np.uint64(32)) | cur[both].astype(np.uint64)
-    uniq, inter = np.unique(pairs, return_counts=True)
-    p = (uniq >> np.uint64(32)).astype(np.int64)
-    c = (uniq & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    prev_sizes = np.bincount(prev.ravel().astype(np.int64))
-    cur_sizes = np.bincount(cur.ravel().astype(np.int64))
-    return p, c, inter, prev_sizes[p], cur_sizes[c]
-
-
-def stitch_slices(masks, iou_threshold: float = 0.25) -> np.ndarray:
-    """Link per-slice 2D masks (Z, Y, X) into 3D objects: a mask of slice z takes the id of the mask of
-    slice z-1 it overlaps best, if their IoU >= iou_threshold and it is that mask's best partner too;
-    otherwise it starts a new object. Returns uint32 labels relabelled 1..N by first voxel."""
-    masks = np.asarray(masks)
-    if masks.ndim != 3:
-        raise InputError(None, f"stitch_slices expects (Z, Y, X) masks, got {masks.shape}")
-    out = np.zeros(masks.shape, np.uint32)
-    next_id = 1
-    for z in range(masks.shape[0]):
-        cur = masks[z].astype(np.int64)
-        ids = np.unique(cur[cur > 0])
-        lut = np.zeros(int(cur.max()) + 1 if cur.size else 1, np.uint32)
-        if z > 0 and ids.size:
-            p, c, inter, sp, sc = _pair_overlaps(out[z - 1], cur)
-            iou = inter / (sp + sc - inter)
-            ok = iou >= iou_threshold
-            p, c, iou = p[ok], c[ok], iou[ok]
-            # best partner per cur and per prev (ties: lower id), keep mutual best pairs
-            order = np.lexsort((p, -iou))
-            best_c = {}
-            best_p = {}
-            for k in order:
-                best_c.setdefault(int(c[k]), int(p[k]))
-                best_p.setdefault(int(p[k]), int(c[k]))
-            for ci, pi in best_c.items():
-                if best_p.get(pi) == ci:
-                    lut[ci] = pi
-        for ci in ids:
-            if lut[ci] == 0:
-                lut[ci] = next_id
-                next_id += 1
-        out[z] = lut[cur]
-    return relabel_by_first_voxel(out)
-
-
-def xy_stitch_from_views(xy, prob_threshold: float = 0.5, niter: int | None = None, diameter_px: float | None = None,
-                         min_size: int | None = None, iou_threshold: float = 0.25) -> np.ndarray:
-    """The xy-only baseline: 2D masks of every z slice of the xy view (3, Z, Y, X) = (dy, dx, logit),
-    stitched along z. Returns uint32 labels (Z, Y, X)."""
-    shape = tuple(getattr(xy, "shape", ()))
-    if len(shape) != 4 or shape[0] != 3:
-        raise InputError(None, f"xy view must be (3, Z, Y, X) = (dy, dx, logit), got shape {shape}")
-    from mediar3d.io import store
-
-    slices = np.zeros(shape[1:], np.uint32)
-    for z in range(shape[1]):
-        plane = store.read(xy, np.s_[:, z]).astype(np.float32, copy=False)
-        prob = expit(plane[2])
-        slices[z] = masks_from_flows_2d(plane[:2], prob, prob_threshold, niter, diameter_px, min_size)
-    return stitch_slices(slices, iou_threshold)

@@ -24,19 +24,19 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mediar3d import pipeline
 from mediar3d.errors import InputError
 
 log = logging.getLogger(__name__)
 
 #: default (low, high) normalization percentiles
-DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
+DEFAULT_PERCENTILES = pipeline.DEFAULT_PERCENTILES
 #: bins of the float histogram used for percentiles (integer data with a smaller range is exact)
 HIST_BINS = 1 << 20
 #: voxels per slab when streaming through a volume (4 Mi voxels: 16 MiB as float32)
 SLAB_VOXELS = 1 << 22
 #: default budget: the largest isotropic volume one frame may resample to, in GiB of float32
-#: (64 GiB: a 2048 x 2048 x 4096-voxel frame; the views and field of a frame are 9x and 4x its size)
-MAX_ISO_GIB = 64.0
+MAX_ISO_GIB = pipeline.MAX_ISO_GIB
 #: voxel anisotropy (largest / smallest edge) above which the voxel size is probably wrong
 #: (light-sheet and confocal stacks are typically 1-10)
 IMPLAUSIBLE_ANISOTROPY = 20.0

@@ -1,19 +1,52 @@
 """The `mediar3d` command: stage listing, info, and clear errors instead of tracebacks."""
 
+import importlib
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
+import mediar3d.cli
 from mediar3d.cli import COMMANDS, main
 from mediar3d.io import ctc
 
+REPO = Path(__file__).resolve().parents[1]
 
-def test_help_lists_every_stage():
+
+def _command_modules() -> set[str]:
+    """The modules of mediar3d/cli/ that are commands (all but the package and the shared options)."""
+    folder = Path(mediar3d.cli.__file__).parent
+    return {p.stem for p in folder.glob("*.py")} - {"__init__", "options"}
+
+
+def test_every_command_module_is_a_listed_subcommand():
+    """Each module of mediar3d/cli/ is reachable as a subcommand, declares its paths and runs."""
+    assert {module for module, _ in COMMANDS.values()} == _command_modules()
+    for name, (module_name, _) in COMMANDS.items():
+        module = importlib.import_module(f"mediar3d.cli.{module_name}")
+        assert callable(module.add_arguments) and callable(module.run), name
+        assert isinstance(module.OUTPUTS, dict) and isinstance(getattr(module, "INPUTS", ()), tuple), name
+
+
+def test_help_lists_every_stage_and_each_stage_has_help():
     out = subprocess.run([sys.executable, "-m", "mediar3d", "--help"], capture_output=True, text=True, check=True).stdout
-    for stage in ("synth", "resample", "infer", "fuse", "reconstruct", "evaluate", "aggregate", "segment", "train"):
-        assert stage in out and stage in COMMANDS
+    for name, (_, help_text) in COMMANDS.items():
+        assert f"  {name:<12} {help_text}" in out
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"])
+        assert done.value.code == 0
+
+
+def test_workflow_rules_call_only_existing_subcommands():
+    """Every `mediar3d STAGE` a Snakemake rule runs is a subcommand of the table."""
+    rules = (REPO / "workflow" / "rules").glob("*.smk")
+    called = {m for path in rules for m in re.findall(r"mediar3d ([a-z-]+) ", path.read_text())}
+    assert called and called <= set(COMMANDS), called - set(COMMANDS)
 
 
 def test_info_describes_a_ctc_dataset(tmp_path, capsys):

@@ -34,8 +34,8 @@ def test_defaults_are_filled_recursively():
     cfg = validate_config(MINIMAL)
     assert cfg["out"] == "results" and cfg["method"] == "mediar3d" and cfg["keep_intermediates"] is False
     assert cfg["infer"] == {"tile": 256, "overlap": 0.25, "batch": 8, "tta": False}
-    assert cfg["reconstruct"] == {"prob_threshold": None, "min_size": None, "diameter_px": None, "boundary": "probability",
-                                  "block": None}
+    assert cfg["reconstruct"] == {"prob_threshold": None, "min_size": None, "boundary": "probability",
+                                  "block": [128, 256, 256]}
     assert cfg["datasets"]["zf"]["diameter"] == "auto"
     assert cfg["datasets"]["zf"]["synth"] == {"preset": "zebrafish", "seed": 0, "frames": 2, "shape": None,
                                               "anisotropy": None}
@@ -179,3 +179,9 @@ def test_model_resolution(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_model({**cfg, "model": str(models / "c.pt")}, models)
     assert resolve_model({**cfg, "method": "classical"}, tmp_path / "none") is None
+
+
+def test_one_diameter_setting():
+    """The object diameter is set once, in um, per dataset (`diameter`); reconstruction follows what
+    resample chose, so no second setting in iso voxels can contradict it."""
+    assert "unknown config key 'reconstruct.diameter_px'" in _error({**MINIMAL, "reconstruct": {"diameter_px": 14}})

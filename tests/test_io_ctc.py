@@ -197,3 +197,18 @@ def test_result_masks_finds_3_and_4_digit_masks_and_rejects_two_for_one_frame(tm
         ctc.result_masks(tmp_path)
     with pytest.raises(InputError, match="does not exist"):
         ctc.result_masks(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("name, parsed", [
+    ("man_seg000.tif", (0, None)), ("man_seg0012.tiff", (12, None)), ("man_seg_003_017.tif", (3, 17)),
+    ("man_seg_0003_0017.tif", (3, 17)), ("man_seg_000.tif", None), ("man_seg00.tif", None),
+    ("man_track001.tif", None), ("man_seg000.png", None)])
+def test_gt_names_have_one_parser(name, parsed):
+    assert ctc.parse_gt_name(name) == parsed
+
+
+def test_dataset_summary_lists_each_timepoints_gt_files(tmp_path):
+    """The workflow takes each timepoint's GT files from this list (info.json), not its own pattern."""
+    entry = ctc.discover_dataset(_make_dataset(tmp_path / "ds")).summary()["sequences"]["01"]
+    seg = tmp_path / "ds" / "01_GT" / "SEG"
+    assert entry["gt_files"] == {0: [str(seg / "man_seg000.tif")], 1: [str(seg / "man_seg_001_002.tif")]}

@@ -5,10 +5,10 @@ import pytest
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
-from mediar3d.cli.omezarr import image_to_ome_zarr, sequence_to_ome_zarr
 from mediar3d.errors import InputError
 from mediar3d.io import ctc, store
-from mediar3d.io.omezarr import read_ome_zarr, read_ome_zarr_labels, write_ome_zarr
+from mediar3d.io.omezarr import (image_to_ome_zarr, read_ome_zarr, read_ome_zarr_labels, sequence_to_ome_zarr,
+                                 write_ome_zarr)
 from ngff import validate_ngff
 
 VOXEL = (1.75, 0.8, 0.8)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mediar3d.cli.segment import segment_volume
 from mediar3d.evaluate import evaluate_frame
 from mediar3d.infer import load_model
 from mediar3d.io.ctc import read_frame, read_labels
 from mediar3d.model import DEFAULT_MODEL
+from mediar3d.pipeline import segment_volume
 from mediar3d.synthetic import make_dataset
 
 #: measured with the shipped model: zebrafish seed 5 (held out), anisotropy 4, (16, 96, 96): SEG 0.799

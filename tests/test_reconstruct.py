@@ -1,4 +1,4 @@
-"""Tests of mediar3d.reconstruct: oracle flows reconstruct their labels, dask blocks give exactly the
+"""Tests of mediar3d.reconstruct and mediar3d.methods: oracle flows reconstruct their labels, dask blocks give exactly the
 single-block result (threads and dask.distributed), runs are bit-identical, 2D masks, stitching."""
 
 import numpy as np
@@ -15,9 +15,8 @@ from mediar3d.reconstruct import (
     masks_from_field_dask,
     masks_from_flows_2d,
     relabel_by_first_voxel,
-    stitch_slices,
-    xy_stitch_from_views,
 )
+from mediar3d.methods import stitch_slices, xy_stitch_from_views
 from mediar3d.synthetic import jittered_balls
 
 SHAPE = (48, 96, 96)
@@ -390,7 +389,7 @@ def test_dask_array_field_is_read_block_by_block(spheres, single, scheduler, mon
 
 
 def test_labels_on_original_grid_per_method_and_boundary(spheres, single):
-    from mediar3d.reconstruct import labels_on_original_grid
+    from mediar3d.methods import labels_on_original_grid
     from mediar3d.resample import labels_to_original
 
     labels, field = spheres

@@ -38,7 +38,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 FRAMES = 2
 PER_FRAME_RULES = ("resample", "infer", "fuse", "reconstruct", "evaluate")
 PER_SEQUENCE_RULES = ("track", "omezarr")
-FINAL_RULES = ("aggregate", "report")
+FINAL_RULES = ("dataset_report", "report")
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 900,
@@ -186,7 +186,7 @@ def test_ctc_example_on_the_shared_real_data(tmp_path, model_path):
     proc = snakemake(tmp_path, "--configfile", str(config), "-n", "-p")
     counts = job_counts(proc.stdout)
     assert {rule: counts.get(rule) for rule in PER_FRAME_RULES} == dict.fromkeys(PER_FRAME_RULES, 2), counts
-    assert counts["track"] == counts["omezarr"] == counts["aggregate"] == counts["report"] == 1
+    assert counts["track"] == counts["omezarr"] == counts["dataset_report"] == counts["report"] == 1
     assert "--voxel-size 1.75 0.8 0.8" in proc.stdout
 
 
@@ -280,7 +280,7 @@ def test_config_change_reruns_only_what_it_affects(first_run, workdir, dataset, 
     changed = run_config(workdir, "out a", dataset, model_path, report={"title": "changed title"})
     proc = snakemake(workdir, "--configfile", str(changed), "-n")
     counts = job_counts(proc.stdout)
-    assert set(counts) == {"aggregate", "report", "all"}, counts
+    assert set(counts) == {"dataset_report", "report", "all"}, counts
     assert "params" in proc.stdout.lower()
 
 
@@ -342,7 +342,7 @@ def test_added_frame_runs_only_its_jobs(first_run, workdir, dataset):
     old_frames = {k for k in rerun if re.search(r"/t\d{3}\.log$", k) and not k.endswith(f"t{new}.log")}
     assert not old_frames, f"jobs of unchanged frames re-ran: {sorted(old_frames)}"
     assert {f"logs/{rule}/tiny/01.log" for rule in PER_SEQUENCE_RULES} <= rerun
-    assert {"logs/aggregate/tiny.log", "logs/report/report.log", "logs/info/tiny.log"} <= rerun
+    assert {"logs/dataset_report/tiny.log", "logs/report/report.log", "logs/info/tiny.log"} <= rerun
     assert (out / "tiny" / "01_RES" / f"mask{new}.tif").is_file()
     assert sorted(pd.read_csv(out / "report" / "per_timepoint.csv")["timepoint"]) == list(range(FRAMES + 1))
 

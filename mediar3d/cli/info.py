@@ -6,10 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mediar3d.io import ctc
 from mediar3d.io.atomic import FILE
-from mediar3d.io.omezarr import is_ome_zarr
-
 
 OUTPUTS = {"json": FILE}
 INPUTS = ("path",)
@@ -22,25 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a gap in the frame numbering stops (error) or is skipped with a warning")
 
 
-def describe(path: Path, on_gap: str = "error") -> dict:
-    """JSON-able description: kind, sequences with timepoints, GT frames and voxel size."""
-    if is_ome_zarr(path):
-        from mediar3d.io.omezarr import read_ome_zarr
-
-        image, voxel_size = read_ome_zarr(path)
-        return {"kind": "ome-zarr", "root": str(path), "shape_tzyx": list(image.shape), "dtype": str(image.dtype),
-                "voxel_size_zyx_um": list(voxel_size),
-                "sequences": {path.name: {"path": str(path), "timepoints": list(range(image.shape[0]))}}}
-    dataset = ctc.discover_dataset(path, on_gap)
-    info = {"kind": "ctc", **dataset.summary()}
-    for name, seq in dataset.sequences.items():
-        first = seq.frames[seq.timepoints[0]]
-        size = ctc.read_voxel_size(first) or ctc.dataset_voxel_size(first)
-        info["sequences"][name]["voxel_size_zyx_um"] = list(size) if size else None
-    return info
-
-
 def run(args: argparse.Namespace) -> int:
+    from mediar3d.io.frames import describe
+
     info = describe(args.path, args.on_missing_frame)
     if args.json:
         from mediar3d.io.atomic import write_text_atomic

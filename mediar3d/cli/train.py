@@ -58,11 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from mediar3d.infer import set_threads
     from mediar3d.train import TrainConfig, train
 
-    torch.set_num_threads(max(1, args.threads))
+    set_threads(max(1, args.threads))
     try:
         config = TrainConfig(encoder=args.encoder, decoder=args.decoder, crop=args.crop, batch=args.batch,
                              epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, lr=args.lr,

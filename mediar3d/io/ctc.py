@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 FRAME_RE = re.compile(r"^t(\d{3,4})\.tiff?$")
 GT_FULL_RE = re.compile(r"^man_seg(\d{3,4})\.tiff?$")
-GT_SLICE_RE = re.compile(r"^man_seg_?(\d{3,4})_(\d{3,4})\.tiff?$")
+GT_SLICE_RE = re.compile(r"^man_seg_(\d{3,4})_(\d{3,4})\.tiff?$")
 MASK_RE = re.compile(r"^mask(\d{3,4})\.tiff?$")
 SEQ_RE = re.compile(r"^\d{2,}$")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -59,6 +59,11 @@ class CTCSequence:
     def frame_name(self, t: int, prefix: str = "t") -> str:
         return f"{prefix}{t:0{self.digits}d}.tif"
 
+    def gt_files(self, t: int) -> list[Path]:
+        """The SEG GT files of timepoint t: the full 3D one, then the single slices by z."""
+        full = [self.gt_full[t]] if t in self.gt_full else []
+        return full + [path for _, path in sorted(self.gt_slices.get(t, {}).items())]
+
 
 @dataclass
 class CTCDataset:
@@ -77,6 +82,7 @@ class CTCDataset:
                     "digits": s.digits,
                     "gt_full": sorted(s.gt_full),
                     "gt_slices": {t: sorted(z) for t, z in sorted(s.gt_slices.items())},
+                    "gt_files": {t: [str(p) for p in s.gt_files(t)] for t in s.gt_timepoints},
                     "missing": s.missing,
                 }
                 for name, s in self.sequences.items()
@@ -130,13 +136,26 @@ def _read_gt_folder(seg_dir: Path) -> tuple[dict[int, Path], dict[int, dict[int,
     for path in sorted(seg_dir.iterdir()):
         if path.name.startswith(".") or path.suffix.lower() not in TIFF_SUFFIXES:
             continue
-        if (m := GT_SLICE_RE.match(path.name)) and path.name.startswith("man_seg_"):
-            slices.setdefault(int(m.group(1)), {})[int(m.group(2))] = path
-        elif m := GT_FULL_RE.match(path.name):
-            full[int(m.group(1))] = path
-        else:
+        parsed = parse_gt_name(path.name)
+        if parsed is None:
             raise InputError(path, "unrecognised GT file name (expected man_segTTT.tif or man_seg_TTT_ZZZ.tif)")
+        t, z = parsed
+        if z is None:
+            full[t] = path
+        else:
+            slices.setdefault(t, {})[z] = path
     return full, slices
+
+
+def parse_gt_name(name: str) -> tuple[int, int | None] | None:
+    """(t, z) of a CTC SEG ground-truth file name: `man_segTTT.tif` (full 3D GT of frame T) gives
+    (T, None), `man_seg_TTT_ZZZ.tif` (GT of slice Z of frame T) gives (T, Z); 3 or 4 digits, .tif or
+    .tiff. Any other name gives None. The one parser of GT names (discovery, evaluation, workflow)."""
+    if m := GT_SLICE_RE.match(name):
+        return int(m.group(1)), int(m.group(2))
+    if m := GT_FULL_RE.match(name):
+        return int(m.group(1)), None
+    return None
 
 
 def discover_sequence(seq_dir: str | os.PathLike, on_gap: str = "error") -> CTCSequence:

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
@@ -22,7 +23,7 @@ from ome_zarr.writer import write_image, write_labels
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from mediar3d.errors import InputError
-from mediar3d.io import store
+from mediar3d.io import ctc, store
 from mediar3d.io.ctc import VoxelSize, check_voxel_size
 
 log = logging.getLogger(__name__)
@@ -215,3 +216,56 @@ def read_ome_zarr_labels(path: str | os.PathLike, name: str = "cells") -> da.Arr
     ms = _multiscales(lab, path)
     array = _level0(lab, ms, path)
     return _to_tzyx(store.as_dask(array), _axes_names(_axes(ms, array, path)), 0, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions: a CTC sequence or an OME-Zarr input, with result masks, to one OME-Zarr
+
+
+def _lazy_stack(paths: list[Path], reader, shape, dtype) -> da.Array:
+    return da.stack([da.from_delayed(dask.delayed(reader)(p), shape=shape, dtype=dtype) for p in paths])
+
+
+def sequence_to_ome_zarr(seq_dir: Path, out: Path, res_dir: Path | None = None,
+                         voxel_size=None, on_gap: str = "error") -> Path:
+    """Write the frames of a CTC sequence (and the masks of `res_dir`) to one OME-Zarr, frame by frame."""
+    seq = ctc.discover_sequence(seq_dir, on_gap)
+    tps = seq.timepoints
+    shape = ctc.check_frame_shapes([seq.frames[t] for t in tps])
+    first = ctc.read_frame(seq.frames[tps[0]])
+    voxel_size = ctc.resolve_voxel_size(seq.frames[tps[0]], voxel_size)
+    read_frame = lambda p: ctc.read_frame(p, shape)  # noqa: E731
+    image = _lazy_stack([seq.frames[t] for t in tps], read_frame, shape, first.dtype)
+    labels = None
+    if res_dir is not None:
+        masks = [res_dir / f"mask{t:0{seq.digits}d}.tif" for t in tps]
+        absent = [str(m) for m in masks if not m.is_file()]
+        if absent:
+            raise InputError(res_dir, f"result masks missing: {absent[:5]}")
+        read = lambda p: ctc.read_labels(p, 3, first.shape)  # noqa: E731
+        labels = {"cells": _lazy_stack(masks, read, first.shape, np.uint16)}
+    log.info("writing %d frames of %s to %s", len(tps), seq_dir, out)
+    return write_ome_zarr(out, image, voxel_size, labels=labels)
+
+
+def _result_masks(res_dir: Path, n_frames: int) -> list[Path]:
+    """maskTTT.tif of frames 0..n_frames-1 (any digit count); a missing one is an error."""
+    found = ctc.result_masks(res_dir)
+    missing = sorted(set(range(n_frames)) - set(found))
+    if missing:
+        raise InputError(res_dir, f"result masks missing for frames {missing[:5]}")
+    return [found[t] for t in range(n_frames)]
+
+
+def image_to_ome_zarr(image_path: Path, out: Path, res_dir: Path | None = None, voxel_size=None) -> Path:
+    """Rewrite an OME-Zarr input (channel 0) with the masks of `res_dir` as labels/cells."""
+    from mediar3d.io.frames import ome_zarr_image
+
+    image, voxel_size = ome_zarr_image(image_path, voxel_size)
+    labels = None
+    if res_dir is not None:
+        read = lambda p: ctc.read_labels(p, 3, image.shape[1:])  # noqa: E731
+        masks = _result_masks(res_dir, image.shape[0])
+        labels = {"cells": _lazy_stack(masks, read, image.shape[1:], np.uint16)}
+    log.info("writing %d frames of %s to %s", image.shape[0], image_path, out)
+    return write_ome_zarr(out, image, voxel_size, labels=labels)

@@ -208,22 +208,11 @@ def frame_input(wildcards):
     return str(long_suffix if long_suffix.exists() and not frame.exists() else frame)
 
 
-@functools.lru_cache(maxsize=None)
-def _seg_index(seg_dir, mtime_ns):
-    """{timepoint string: [GT files]} of a SEG folder (man_segTTT.tif and man_seg_TTT_ZZZ.tif), listed once."""
-    index = {}
-    for name in sorted(os.listdir(seg_dir)) if os.path.isdir(seg_dir) else []:
-        match = re.match(r"^man_seg_?(\d{3,4})(_\d{3,4})?\.tiff?$", name)
-        if match:
-            index.setdefault(match.group(1), []).append(os.path.join(seg_dir, name))
-    return index
-
-
 def gt_files(wildcards):
-    """The SEG ground-truth files of one timepoint (full 3D and/or single slices)."""
-    seg = sequence_dir(wildcards.dataset, wildcards.sequence).with_name(f"{wildcards.sequence}_GT") / "SEG"
-    mtime = seg.stat().st_mtime_ns if seg.is_dir() else 0
-    return _seg_index(str(seg), mtime).get(wildcards.timepoint, [])
+    """The SEG ground-truth files of one timepoint (full 3D and/or single slices), as `mediar3d info`
+    found them (mediar3d.io.ctc.parse_gt_name)."""
+    entry = sequences(wildcards.dataset)[wildcards.sequence]
+    return entry.get("gt_files", {}).get(str(int(wildcards.timepoint)), [])
 
 
 def synth_options(wildcards):

@@ -15,7 +15,6 @@ rule reconstruct:
         boundary=RECONSTRUCT["boundary"],
         options=" ".join(filter(None, [option("--prob-threshold", RECONSTRUCT["prob_threshold"]),
                                        option("--min-size", RECONSTRUCT["min_size"]),
-                                       option("--diameter-px", RECONSTRUCT["diameter_px"]),
                                        option("--block", RECONSTRUCT["block"])])),
     log:
         f"{LOGS}/reconstruct/{FRAME_LOG}.log",

@@ -1,4 +1,4 @@
-# report: the summary over all datasets with the run's configuration, the stage runtimes (from the
+# report: <out>/report, the summary over all datasets (`mediar3d aggregate` of every metrics table) with the run's configuration, the stage runtimes (from the
 # benchmark files) and the model card: <out>/report/{summary,per_*}.csv, plots/, report.html.
 
 

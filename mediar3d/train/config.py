@@ -1,0 +1,50 @@
+"""The settings of a training run (`TrainConfig`, stored in the checkpoint metadata) and the views
+slices are cut along."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mediar3d.pipeline import DEFAULT_PERCENTILES, VIEWS
+
+__all__ = ["FLOW_LOSS_WEIGHT", "TrainConfig", "VIEWS"]
+
+#: weight of the flow MSE relative to the BCE (Cellpose halves the flow loss)
+FLOW_LOSS_WEIGHT = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the checkpoint metadata)."""
+
+    encoder: str = "mit_b0"
+    decoder: str = "small"
+    crop: int = 128
+    batch: int = 8
+    epochs: int = 20
+    steps_per_epoch: int = 100
+    lr: float = 6e-4
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    min_lr_fraction: float = 0.02
+    train_diameter_px: float = 17.0
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    max_slices_per_view: int = 32
+    scale_range: tuple[float, float] = (0.75, 1.33)
+    aniso_blur_prob: float = 0.5
+    aniso_factor_max: float = 5.0
+    val_slices_per_view: int = 4
+    val_size: int = 256
+    seed: int = 0
+    half_weights: bool = True
+    max_minutes: float | None = None
+    init_checkpoint: str | None = None
+    stop_epoch: int | None = None
+
+    def __post_init__(self):
+        if self.crop % 32:
+            raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
+        if self.batch < 1 or self.epochs < 1 or self.steps_per_epoch < 1 or self.val_slices_per_view < 1:
+            raise ValueError("batch, epochs, steps_per_epoch and val_slices_per_view must be >= 1")
+        self.percentiles = tuple(float(p) for p in self.percentiles)
+        self.scale_range = tuple(float(s) for s in self.scale_range)
