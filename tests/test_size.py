@@ -84,3 +84,23 @@ def test_estimate_with_the_shipped_network_on_held_out_synthetic_data(tmp_path):
                                        max_iterations=1)
         assert abs(found.diameter_um / truth - 1) < 0.25, (zoom, found.describe(), truth)
         assert found.steps and "um" in found.describe()
+
+
+def test_estimate_starts_above_the_prior_so_split_objects_do_not_pull_it_down(monkeypatch):
+    """A network that splits objects shown larger than its training size measures them small; started at
+    the prior (8% under the truth) the iteration follows that down, started at START_FACTOR x the prior it
+    settles on the truth."""
+    truth, prior = 10.0, 9.2
+
+    def network(volume, voxel_size, norm_range, model, train_px, guess, centre, **kw):
+        return (truth, 6) if guess >= 0.95 * truth else (0.9 * guess, 6)
+
+    monkeypatch.setattr(size, "image_diameter", lambda volume, voxel_size: prior)
+    monkeypatch.setattr(size, "densest_centre", lambda volume, voxel_size, diameter: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(size, "measure_diameter", network)
+    volume = np.zeros((4, 4, 4), np.float32)
+    found = size.estimate_diameter(volume, (1.0, 1.0, 1.0), None, 14.0, (0.0, 1.0))
+    assert found.diameter_um == pytest.approx(truth), found.describe()
+    assert "match the scale" in found.reason
+    drifted = size.estimate_diameter(volume, (1.0, 1.0, 1.0), None, 14.0, (0.0, 1.0), start_factor=1.0)
+    assert drifted.diameter_um < 0.8 * truth, drifted.describe()
