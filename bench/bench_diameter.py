@@ -4,7 +4,7 @@ Held-out synthetic volumes (seeds 0-2, never used for training or tuning; frame 
 rescaled by 0.5-2x (image trilinear, GT nearest; the voxel size is kept, so the objects' size in um
 changes with them). For each: the GT's median equivalent-sphere diameter, the image prior, the final
 estimate (prior + network) and their ratios to the truth, and the time. For a subset, 3D SEG of the
-whole pipeline (`mediar3d.cli.segment.segment_volume`) with the estimate and with the true diameter.
+whole pipeline (`mediar3d.pipeline.segment_volume`) with the estimate and with the true diameter.
 The real BBBC050 volumes are listed as they are. Results: bench/results/bench_diameter.md.
 
     .venv/bin/python bench/bench_diameter.py [--model models/mediar3d_default.pt] [--seg-scales 0.5 1 2]
@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mediar3d.cli.segment import segment_volume  # noqa: E402
+from mediar3d.pipeline import segment_volume  # noqa: E402
 from mediar3d.evaluate import evaluate_frame  # noqa: E402
 from mediar3d.infer import load_model  # noqa: E402
 from mediar3d.resample import diameter_from_labels, percentile_range  # noqa: E402

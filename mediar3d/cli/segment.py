@@ -19,8 +19,7 @@ from typing import Sequence
 from mediar3d.cli.options import add_model, add_settings, add_threads, add_voxel_size, settings_from_args
 from mediar3d.errors import InputError
 from mediar3d.io.ctc import RESULT_FOLDER
-from mediar3d.io.frames import iter_frames  # noqa: F401  (re-exported: its home was here)
-from mediar3d.pipeline import segment_volume  # noqa: F401  (re-exported for bench/bench_diameter.py)
+from mediar3d.io.frames import iter_frames
 
 log = logging.getLogger(__name__)
 
