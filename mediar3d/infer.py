@@ -13,10 +13,10 @@ xy = (dy, dx, logit) (slices along z), xz = (dz, dx, logit) (along y), yz = (dz,
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -56,12 +56,83 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_model(path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The checkpoint's model (eval mode, on `device`) and its metadata."""
+#: network precisions: auto = fp16 autocast on CUDA, bf16 autocast on a CPU with AMX bf16 units, else fp32
+PRECISIONS: tuple[str, ...] = pipeline.PRECISIONS
+#: autocast dtype of each resolved precision (fp32: no autocast)
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """(precision the network runs at: fp32 | bf16 | fp16, why). "auto": fp16 on CUDA; on the CPU bf16
+    where it has AMX bf16 matrix units (measured 2x faster there, bench/bench_infer_engines.py), else
+    fp32 (without AMX, bf16 is emulated and slower)."""
+    if precision not in PRECISIONS:
+        raise InputError(None, f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError(None, "precision fp16 needs a CUDA device (on the CPU use bf16 or fp32)")
+    if precision != "auto":
+        return precision, "asked for"
+    if device.type == "cuda":
+        return "fp16", "auto: CUDA"
+    if "amx_bf16" in cpu_flags():
+        return "bf16", "auto: the CPU has AMX bf16 units"
+    return "fp32", "auto: the CPU has no AMX bf16 units"
+
+
+class InferenceNetwork(torch.nn.Module):
+    """A 2D network as inference runs it: (B, C, H, W) float32 -> float32 (B, 3, H, W), under autocast
+    at `precision` (fp32 | bf16 | fp16), with channels-last tensors on the CPU unless told otherwise
+    (faster convolutions there; the same fp32 result to ~1e-5)."""
+
+    def __init__(self, net: torch.nn.Module, precision: str = "fp32", channels_last: bool = True) -> None:
+        super().__init__()
+        if precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"precision must be one of {tuple(AUTOCAST_DTYPES)}, got {precision!r}")
+        self.net, self.precision, self.channels_last = net, precision, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = AUTOCAST_DTYPES[self.precision]
+        with torch.autocast(device_type=x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return self.net(x).float()
+
+
+def for_inference(net: torch.nn.Module, device: torch.device, precision: str = "auto",
+                  channels_last: bool = True) -> InferenceNetwork:
+    """`net` in eval mode on `device` (its weights channels-last on the CPU), wrapped to run at the
+    resolved precision (see `resolve_precision`; the choice is logged). An InferenceNetwork is
+    returned as it is."""
+    if isinstance(net, InferenceNetwork):
+        return net.to(device).eval()
+    chosen, why = resolve_precision(precision, device)
+    net = net.to(device).eval()
+    channels_last = channels_last and device.type == "cpu"
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    log.info("network on %s at %s precision (%s)%s", device, chosen, why, ", channels-last" if channels_last else "")
+    return InferenceNetwork(net, chosen, channels_last).eval()
+
+
+def load_model(path: str | os.PathLike, device: torch.device, precision: str = "auto") -> tuple[InferenceNetwork, dict]:
+    """The checkpoint's network ready for inference on `device` at `precision` (`for_inference`) and
+    its metadata."""
     from mediar3d.model import load_checkpoint
 
     model, meta = load_checkpoint(path, device)
-    return model.to(device).eval(), dict(meta or {})
+    return for_inference(model, device, precision), dict(meta or {})
 
 
 #: torch CPU threads asked for with `set_threads` (None: torch's default)
@@ -133,12 +204,6 @@ def plane_tiling(height: int, width: int, tile: int, overlap: float):
 # running the network
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 def _forward_tta(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
     """Model output (B, 3, H, W); with `tta` the mean over the 4 flips, flows sign-corrected."""
     if not tta:
@@ -163,7 +228,7 @@ def run_batch(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, t
     """(B, H, W) float32 tiles -> (B, 3, H, W) float32 (flows / flow_scale, logit); H, W multiples of 32."""
     x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)[:, None]).to(device)
     _keep_threads()
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode():
         y = _forward_tta(model, x, tta)
     if y.ndim != 4 or y.shape[1] != 3 or tuple(y.shape[2:]) != tuple(tiles.shape[1:]):
         raise ValueError(f"model output {tuple(y.shape)} for input {tuple(x.shape)}: expected (B, 3, H, W)")
@@ -172,12 +237,52 @@ def run_batch(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, t
     return y
 
 
+def constant_tiles(tiles: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(B,) bool: which (B, H, W) tiles hold one value over their valid (h, w) top-left part (`valid`,
+    (B, 2); the rest is the zero padding of the slice's edge): empty background."""
+    return np.array([t[:h, :w].min() == t[:h, :w].max() for t, (h, w) in zip(tiles, valid)], dtype=bool)
+
+
+@dataclass
+class ConstantTiles:
+    """Predictions of constant tiles, {(value, valid h, valid w, H, W): (3, H, W) float32}, and how many
+    tiles reused one."""
+
+    predictions: dict = field(default_factory=dict)
+    reused: int = 0
+
+
+def predict_tiles(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, tta: bool = False,
+                  flow_scale: float = FLOW_SCALE, constant: ConstantTiles | None = None,
+                  valid: np.ndarray | None = None) -> np.ndarray:
+    """`run_batch` for (B, H, W) tiles -> (B, 3, H, W), except that a constant tile (one value over its
+    valid part `valid` (B, 2), zero padding beyond; default: all valid) is not run again: its
+    prediction, the same for every tile of that value and geometry, is computed once and kept in
+    `constant` (None: every tile is run)."""
+    if constant is None:
+        return run_batch(model, tiles, device, tta, flow_scale)
+    valid = np.tile(tiles.shape[1:], (len(tiles), 1)) if valid is None else np.asarray(valid)
+    same = constant_tiles(tiles, valid)
+    out = np.empty((len(tiles), 3, *tiles.shape[1:]), dtype=np.float32)
+    if not same.all():
+        out[~same] = run_batch(model, tiles[~same], device, tta, flow_scale)
+    for k in np.flatnonzero(same):
+        key = (float(tiles[k, 0, 0]), *map(int, valid[k]), *tiles.shape[1:])
+        if key in constant.predictions:
+            constant.reused += 1
+        else:
+            constant.predictions[key] = run_batch(model, tiles[k:k + 1], device, tta, flow_scale)[0]
+        out[k] = constant.predictions[key]
+    return out
+
+
 def predict_slices(model: torch.nn.Module, slices: np.ndarray, tile: int = _DEFAULT.tile,
                    overlap: float = _DEFAULT.overlap, batch: int = _DEFAULT.batch, tta: bool = False,
                    device: torch.device | str = "cpu", progress: tqdm | None = None,
-                   flow_scale: float = FLOW_SCALE) -> np.ndarray:
+                   flow_scale: float = FLOW_SCALE, constant: ConstantTiles | None = None) -> np.ndarray:
     """Network prediction for a stack of 2D slices (N, H, W) float32 -> (N, 3, H, W) float32
-    (flow_row, flow_col unit-scale; logit). Tiles of all slices are batched `batch` at a time."""
+    (flow_row, flow_col unit-scale; logit). Tiles of all slices are batched `batch` at a time;
+    given `constant` (kept across calls), constant tiles reuse one prediction (`predict_tiles`)."""
     slices = np.asarray(slices, dtype=np.float32)
     if slices.ndim != 3:
         raise ValueError(f"predict_slices expects (N, H, W), got shape {slices.shape}")
@@ -196,7 +301,8 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, tile: int = _DEFA
     for b0 in range(0, len(jobs), batch):
         chunk = jobs[b0:b0 + batch]
         tiles = np.stack([padded[k, i:i + tile_h, j:j + tile_w] for k, i, j in chunk])
-        pred = run_batch(model, tiles, device, tta, flow_scale)
+        valid = [(min(tile_h, height - i), min(tile_w, width - j)) for _, i, j in chunk]
+        pred = predict_tiles(model, tiles, device, tta, flow_scale, constant, valid)
         for (k, i, j), p in zip(chunk, pred):
             out[k, :, i:i + tile_h, j:j + tile_w] += p * weight
         if progress is not None:
@@ -218,8 +324,10 @@ def _slab_index(axis: int, start: int, stop: int) -> tuple[slice, ...]:
 def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = _DEFAULT.tile,
                  overlap: float = _DEFAULT.overlap, batch: int = _DEFAULT.batch, tta: bool = False,
                  device: torch.device | str = "cpu", slab_voxels: int = SLAB_VOXELS, progress: bool = True,
-                 flow_scale: float = FLOW_SCALE) -> None:
+                 flow_scale: float = FLOW_SCALE, skip_constant: bool = True) -> None:
     """Predict every slice of one view of a (Z, Y, X) volume into `out` (3, Z, Y, X) (zarr or numpy).
+    With `skip_constant`, constant tiles (empty background of one value, e.g. the zeros around a
+    fused light-sheet volume) are run once per value and shape, not once each (`predict_tiles`).
 
     The volume is read and `out` written one slab of slices at a time (<= `slab_voxels` input
     voxels, thickness aligned to `out`'s chunks when it has them), so memory is bounded by one slab.
@@ -235,13 +343,16 @@ def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = 
     align = int(out.chunks[1 + axis]) if hasattr(out, "chunks") else 1
     bounds = slab_bounds(volume.shape[axis], plane, slab_voxels, align)
     bar = tqdm(total=volume.shape[axis], desc=f"infer {view}", unit="slice", disable=not progress, leave=False)
+    constant = ConstantTiles() if skip_constant else None
     with bar:
         for start, stop in bounds:
             index = _slab_index(axis, start, stop)
             slab = np.moveaxis(store.read(volume, index).astype(np.float32, copy=False), axis, 0)
-            pred = predict_slices(model, slab, tile, overlap, batch, tta, device, progress=bar, flow_scale=flow_scale)
+            pred = predict_slices(model, slab, tile, overlap, batch, tta, device, progress=bar, flow_scale=flow_scale,
+                                  constant=constant)
             out[(slice(None),) + index] = np.moveaxis(pred.transpose(1, 0, 2, 3), 1, 1 + axis)
-    log.info("view %s: %d slices in %d slabs", view, volume.shape[axis], len(bounds))
+    reused = f", {constant.reused} constant tiles not run again" if constant and constant.reused else ""
+    log.info("view %s: %d slices in %d slabs%s", view, volume.shape[axis], len(bounds), reused)
 
 
 def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os.PathLike, out_path: str | os.PathLike,
@@ -249,9 +360,12 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
                   batch: int = _DEFAULT.batch, tta: bool = False, device: str | torch.device = "auto",
                   threads: int | None = None,
                   slab_voxels: int = SLAB_VOXELS, model_name: str | None = None, progress: bool = True,
-                  flow_scale: float | None = None, prob_threshold: float | None = None) -> Path:
+                  flow_scale: float | None = None, prob_threshold: float | None = None,
+                  precision: str = "auto", skip_constant: bool = True) -> Path:
     """The `infer` stage: iso.zarr (Z, Y, X) -> views.zarr group with float32 (3, Z, Y, X) arrays
-    named by `views`, written atomically. `model` is a module or a checkpoint path; `flow_scale`
+    named by `views`, written atomically. `model` is a module or a checkpoint path, run at
+    `precision` (`for_inference`; a module already wrapped keeps its own); `skip_constant`: see
+    `predict_view`; `flow_scale`
     defaults to the checkpoint's (else mediar3d.model.FLOW_SCALE), `prob_threshold` (the model's
     calibrated foreground threshold, recorded in the attrs for reconstruct) to the checkpoint's."""
     from mediar3d.io import store
@@ -264,11 +378,11 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
     device = resolve_device(device)
     if not isinstance(model, torch.nn.Module):
         model_name = model_name or str(model)
-        model, meta = load_model(model, device)
+        model, meta = load_model(model, device, precision)
         flow_scale = flow_scale or meta.get("flow_scale")
         prob_threshold = prob_threshold if prob_threshold is not None else meta.get("prob_threshold")
     flow_scale = float(flow_scale or FLOW_SCALE)
-    model = model.to(device).eval()
+    model = for_inference(model, device, precision)
     iso = store.open_array(iso_path)
     if iso.ndim != 3:
         raise InputError(iso_path, f"expected a (Z, Y, X) iso volume, got shape {iso.shape}")
@@ -279,7 +393,8 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
         group = _create_views_group(tmp, iso.shape, views, attrs)
         for view in views:
             predict_view(model, iso, view, group[view], tile=tile, overlap=overlap, batch=batch, tta=tta,
-                         device=device, slab_voxels=slab_voxels, progress=progress, flow_scale=flow_scale)
+                         device=device, slab_voxels=slab_voxels, progress=progress, flow_scale=flow_scale,
+                         skip_constant=skip_constant)
     return Path(out_path)
 
 
