@@ -36,6 +36,8 @@ METHODS: tuple[str, ...] = ("mediar3d", "xy-stitch", "classical")
 BOUNDARIES: tuple[str, ...] = ("probability", "nearest")
 #: where the network runs: auto = CUDA when available
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: precisions the network can run at (auto: fp16 on CUDA, bf16 on a CPU with AMX bf16 units, else fp32)
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 #: the network's views (see mediar3d.infer)
 VIEWS: tuple[str, ...] = ("xy", "xz", "yz")
 #: default (low, high) normalization percentiles of a checkpoint that records none
@@ -60,6 +62,7 @@ class Settings:
     tile, overlap, batch, tta: tiling of the network's slices (tile edge in pixels, a multiple of
       32; overlap a fraction of the tile; tiles per batch; flip test-time augmentation).
     device: "auto" | "cpu" | "cuda".
+    precision: the network's arithmetic, one of `PRECISIONS` (see mediar3d.infer.resolve_precision).
     prob_threshold: foreground probability threshold; None = the model's calibrated one, else 0.5.
     min_size: smallest object kept, voxels of the iso grid; None = from the object diameter.
     boundary: "probability" | "nearest" (see `BOUNDARIES`).
@@ -77,6 +80,7 @@ class Settings:
     batch: int = 8
     tta: bool = False
     device: str = "auto"
+    precision: str = "auto"
     prob_threshold: float | None = None
     min_size: int | None = None
     boundary: str = "probability"
@@ -95,7 +99,7 @@ class Settings:
 def check_settings(settings: Settings) -> None:
     """ConfigError naming the first bad setting (the option / config key of the same name)."""
     s = settings
-    choices = {"method": METHODS, "boundary": BOUNDARIES, "device": DEVICES}
+    choices = {"method": METHODS, "boundary": BOUNDARIES, "device": DEVICES, "precision": PRECISIONS}
     for name, allowed in choices.items():
         if getattr(s, name) not in allowed:
             raise ConfigError(f"{name} must be one of {allowed}, got {getattr(s, name)!r}")
@@ -180,7 +184,7 @@ def infer(iso_path, out, settings: Settings, model, *, meta: Mapping | None = No
     meta = meta or {}
     return predict_views(iso_path, model, out, views or settings.views, tile=settings.tile,
                          overlap=settings.overlap, batch=settings.batch, tta=settings.tta, device=settings.device,
-                         threads=threads, model_name=model_name, progress=progress,
+                         threads=threads, model_name=model_name, progress=progress, precision=settings.precision,
                          flow_scale=meta.get("flow_scale"), prob_threshold=meta.get("prob_threshold"))
 
 
@@ -256,14 +260,15 @@ def segment_frame(volume, voxel_size: Sequence[float], workdir: Path, settings: 
 # the network and the diameter
 
 
-def load_network(path: str | os.PathLike, device: str = "auto", threads: int | None = None):
-    """(network in eval mode, its checkpoint's metadata, torch device) of a checkpoint; `threads`
-    limits torch's CPU threads (None: torch's choice)."""
+def load_network(path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 precision: str = "auto"):
+    """(network ready for inference at `precision`, its checkpoint's metadata, torch device) of a
+    checkpoint; `threads` limits torch's CPU threads (None: torch's choice)."""
     from mediar3d.infer import load_model, resolve_device, set_threads
 
     set_threads(threads)
     device = resolve_device(device)
-    model, meta = load_model(path, device)
+    model, meta = load_model(path, device, precision)
     return model, meta, device
 
 

@@ -18,6 +18,7 @@ from mediar3d.pipeline import Settings, settings_defaults
 SCHEMA_KEYS: dict[str, tuple[str, ...] | None] = {
     "method": ("method",),
     "device": ("device",),
+    "precision": ("precision",),
     "percentiles": ("resample", "percentiles"),
     "max_gib": ("resample", "max_gib"),
     "diameter": ("datasets", "*", "diameter"),

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="VIEWS.zarr", help="output zarr group")
     parser.add_argument("--views", nargs="+", choices=VIEWS, default=list(VIEWS),
                         help="views to predict (xy alone for the xy-stitch baseline)")
-    add_settings(parser, "tile", "overlap", "batch", "tta", "device")
+    add_settings(parser, "tile", "overlap", "batch", "tta", "device", "precision")
     add_threads(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -8,7 +8,7 @@ import argparse
 from dataclasses import fields, replace
 from pathlib import Path
 
-from mediar3d.pipeline import BOUNDARIES, DEVICES, METHODS, Settings
+from mediar3d.pipeline import BOUNDARIES, DEVICES, METHODS, PRECISIONS, Settings
 
 _D = Settings()
 
@@ -33,6 +33,9 @@ def _spec(name: str) -> tuple[tuple, dict]:
         "batch": (("--batch",), dict(type=int, help=f"tiles per network batch (default {d.batch})")),
         "tta": (("--tta",), dict(action="store_true", help="flip test-time augmentation (4x slower)")),
         "device": (("--device",), dict(choices=DEVICES, help="where the network runs (auto: CUDA when available)")),
+        "precision": (("--precision",), dict(choices=PRECISIONS,
+                      help="the network's arithmetic (default auto: fp16 on CUDA, bf16 on a CPU with AMX bf16 "
+                      "units, else fp32)")),
         "prob_threshold": (("--prob-threshold",), dict(type=float,
                            help="foreground probability threshold (default: the model's calibrated one, else 0.5)")),
         "min_size": (("--min-size",), dict(type=int, metavar="N",

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings(parser, "diameter")
     parser.add_argument("--diameter-from-gt", type=Path, metavar="GT.tif",
                         help="take the diameter as the median equivalent diameter of this GT label volume")
-    add_settings(parser, "device")
+    add_settings(parser, "device", "precision")
     add_threads(parser)
     add_settings(parser, "percentiles", "max_gib")
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, **gt)
     meta, model, device = pipeline.checkpoint_meta(args.model), None, "cpu"
     if pipeline.estimates_diameter(settings, meta):
-        model, meta, device = pipeline.load_network(args.model, settings.device, args.threads)
+        model, meta, device = pipeline.load_network(args.model, settings.device, args.threads, settings.precision)
     pipeline.resample(volume, voxel_size, args.out, settings, meta=meta, model=model, device=device,
                       source=str(args.input), timepoint=args.timepoint)
     log.info("wrote %s", args.out)

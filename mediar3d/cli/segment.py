@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_voxel_size(parser)
     add_model(parser, False, "model checkpoint (default: the shipped one)")
     add_settings(parser, "method", "diameter", "percentiles", "max_gib", "tile", "overlap", "batch", "tta", "device",
-                 "prob_threshold", "min_size", "boundary", "block", "workers")
+                 "precision", "prob_threshold", "min_size", "boundary", "block", "workers")
     parser.add_argument("--frames", type=int, nargs="+", metavar="T", help="only these timepoints (default: all)")
     add_threads(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -76,7 +76,7 @@ def _network(args: argparse.Namespace, settings) -> tuple:
     if not settings.views:
         return None, {}, None
     path = str(args.model or default_model_path())
-    model, meta, _ = pipeline.load_network(path, settings.device, args.threads)
+    model, meta, _ = pipeline.load_network(path, settings.device, args.threads, settings.precision)
     return model, meta, path
 
 

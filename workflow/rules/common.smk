@@ -228,6 +228,7 @@ def resample_options(wildcards):
         option("--voxel-size", entry["voxel_size"]),
         option("--diameter", "none" if entry["diameter"] is None else entry["diameter"]),
         option("--device", config["device"]),
+        option("--precision", config["precision"]),
         option("--percentiles", config["resample"]["percentiles"]),
         option("--max-gib", config["resample"]["max_gib"]),
     ]))

@@ -17,6 +17,7 @@ rule infer:
         batch=INFER["batch"],
         tta="--tta" if INFER["tta"] else "",
         device=config["device"],
+        precision=config["precision"],
     log:
         f"{LOGS}/infer/{FRAME_LOG}.log",
     benchmark:
@@ -30,4 +31,4 @@ rule infer:
     shell:
         "mediar3d infer --input {input.iso:q} --model {input.model:q} --out {output:q} --views {params.views}"
         " --tile {params.tile} --overlap {params.overlap} --batch {params.batch} {params.tta}"
-        " --device {params.device} --threads {threads} --no-progress > {log:q} 2>&1"
+        " --device {params.device} --precision {params.precision} --threads {threads} --no-progress > {log:q} 2>&1"
