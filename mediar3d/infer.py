@@ -56,10 +56,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-#: network precisions: auto = fp16 autocast on CUDA, bf16 autocast on a CPU with AMX bf16 units, else fp32
+#: network precisions: auto = fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16 units, else fp32
 PRECISIONS: tuple[str, ...] = pipeline.PRECISIONS
 #: autocast dtype of each resolved precision (fp32: no autocast)
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: /proc/cpuinfo flags of native bf16 arithmetic (oneDNN runs bf16 convolutions and matmuls on them)
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def cpu_flags() -> frozenset[str]:
@@ -76,8 +78,8 @@ def cpu_flags() -> frozenset[str]:
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     """(precision the network runs at: fp32 | bf16 | fp16, why). "auto": fp16 on CUDA; on the CPU bf16
-    where it has AMX bf16 matrix units (measured 2x faster there, bench/bench_infer_engines.py), else
-    fp32 (without AMX, bf16 is emulated and slower)."""
+    where it has native bf16 units (`BF16_CPU_FLAGS`: Intel AMX, or AVX-512 BF16 as on AMD EPYC Zen 4;
+    forward 1.65-1.8x faster there, bench/bench_infer_engines.py), else fp32 (bf16 emulated is slower)."""
     if precision not in PRECISIONS:
         raise InputError(None, f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
@@ -86,9 +88,10 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
         return precision, "asked for"
     if device.type == "cuda":
         return "fp16", "auto: CUDA"
-    if "amx_bf16" in cpu_flags():
-        return "bf16", "auto: the CPU has AMX bf16 units"
-    return "fp32", "auto: the CPU has no AMX bf16 units"
+    native = sorted(BF16_CPU_FLAGS & cpu_flags())
+    if native:
+        return "bf16", f"auto: the CPU has native bf16 units ({', '.join(native)})"
+    return "fp32", "auto: the CPU has no native bf16 units (amx_bf16, avx512_bf16)"
 
 
 class InferenceNetwork(torch.nn.Module):

@@ -36,7 +36,7 @@ METHODS: tuple[str, ...] = ("mediar3d", "xy-stitch", "classical")
 BOUNDARIES: tuple[str, ...] = ("probability", "nearest")
 #: where the network runs: auto = CUDA when available
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-#: precisions the network can run at (auto: fp16 on CUDA, bf16 on a CPU with AMX bf16 units, else fp32)
+#: precisions the network can run at (auto: fp16 on CUDA, bf16 on a CPU with native bf16 units (AMX or AVX-512 BF16), else fp32)
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 #: the network's views (see mediar3d.infer)
 VIEWS: tuple[str, ...] = ("xy", "xz", "yz")

@@ -25,7 +25,7 @@ def plain_net():
 
 
 @pytest.mark.parametrize("flags, expected", [({"avx512f", "amx_bf16", "amx_tile"}, "bf16"),
-                                             ({"avx2", "avx512f", "avx512_bf16"}, "fp32"), (set(), "fp32")])
+                                             ({"avx2", "avx512f", "avx512_bf16"}, "bf16"), ({"avx2", "avx512f"}, "fp32"), (set(), "fp32")])
 def test_auto_precision_follows_the_cpu(monkeypatch, flags, expected):
     monkeypatch.setattr(infer, "cpu_flags", lambda: frozenset(flags))
     assert resolve_precision("auto", CPU)[0] == expected

@@ -34,8 +34,8 @@ def _spec(name: str) -> tuple[tuple, dict]:
         "tta": (("--tta",), dict(action="store_true", help="flip test-time augmentation (4x slower)")),
         "device": (("--device",), dict(choices=DEVICES, help="where the network runs (auto: CUDA when available)")),
         "precision": (("--precision",), dict(choices=PRECISIONS,
-                      help="the network's arithmetic (default auto: fp16 on CUDA, bf16 on a CPU with AMX bf16 "
-                      "units, else fp32)")),
+                      help="the network's arithmetic (default auto: fp16 on CUDA, bf16 on a CPU with native bf16 "
+                      "units (AMX, AVX-512 BF16), else fp32)")),
         "prob_threshold": (("--prob-threshold",), dict(type=float,
                            help="foreground probability threshold (default: the model's calibrated one, else 0.5)")),
         "min_size": (("--min-size",), dict(type=int, metavar="N",
