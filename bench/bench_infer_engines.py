@@ -278,8 +278,6 @@ def report(args, forward, compile_seconds, infer_rows, skip, seg_rows, iso_shape
                 f"amx_bf16={'amx_bf16' in cpu_flags()}, avx512_bf16={'avx512_bf16' in cpu_flags()}, "
                 f"avx512f={'avx512f' in cpu_flags()}; `--precision auto` here: {auto} ({why}); "
                 f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."),
-        f"Command: `.venv/bin/python bench/bench_infer_engines.py {' '.join(sys.argv[1:])}`".rstrip() + "",
-        "",
         f"**Verdict: {verdict}.** `--precision auto` ({_fastest_name()}) runs the infer stage "
         f"{auto_row['speedup']:.2f}x as fast as fp32 eager (the path before); the largest 3D SEG change of "
         f"{', '.join(shipped)} on any frame is {worst:.4f} (limit {SEG_TOLERANCE}). "
