@@ -261,6 +261,7 @@ def cellpose_tiny(tmp_path_factory):
     return net.eval(), path
 
 
+@pytest.mark.slow
 def test_cellpose_views_and_fused_field_match_cellpose(cellpose_tiny, tmp_path):
     from cellpose import core
     from scipy.special import expit
