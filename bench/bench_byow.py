@@ -175,7 +175,7 @@ def report(args, rows: dict) -> list[str]:
     ok = ours[1]["peak_mib"] <= MEMORY_LIMIT_RATIO * ours[0]["peak_mib"]
     lines += ["", f"**mediar3d peak ratio {ours[1]['peak_mib'] / ours[0]['peak_mib']:.2f} (limit "
                   f"{MEMORY_LIMIT_RATIO}): {'pass' if ok else 'FAIL'}.** mediar3d streams slabs of at most "
-                  "4 Mi voxels (mediar3d.resample.SLAB_VOXELS), so what a run adds stops growing once the "
+                  "4 Mi voxels (mediar3d.resample.SLAB_VOXELS), so what a run adds grows far less than the volume once the "
                   "smaller volume already fills a slab; Cellpose holds the volume, each view's output and the "
                   "summed 4-channel field in memory, so what it adds grows with the volume."]
     return lines
