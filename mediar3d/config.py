@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from mediar3d.errors import ConfigError
+from mediar3d.errors import ConfigError, InputError
 from mediar3d.pipeline import BOUNDARIES, METHODS  # noqa: F401  (schema keys `method`, `reconstruct.boundary`)
 from mediar3d.resources import default_model, models_dir, schema_path
 
@@ -168,14 +168,24 @@ def check_datasets(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"config key 'datasets.{name}.path': {entry['path']} does not exist")
 
 
-def resolve_model(config: Mapping[str, Any], models_dir: str | os.PathLike = MODELS_DIR) -> str | None:
-    """The checkpoint the run uses (config `model`, else the shipped one); None for method classical,
-    which uses none (as `mediar3d segment`: same settings, same masks)."""
+def resolve_model(config: Mapping[str, Any], models_dir: str | os.PathLike = MODELS_DIR) -> str | list[str] | None:
+    """The model the run uses (config `model`, else the shipped checkpoint): one spec, or a list of
+    specs (an ensemble) as given; None for method classical, which uses none (as `mediar3d segment`:
+    same settings, same masks). A spec is a checkpoint path or `cellpose:NAME|PATH` (mediar3d.backends)."""
+    from mediar3d.modelspec import find_cellpose_weights, is_cellpose
+
     if config["method"] == "classical":
         return None
     model = config.get("model") or default_model(models_dir)
     if model is None:
         raise ConfigError(f"config key 'model': no checkpoint given and none found in {models_dir}")
-    if not Path(model).is_file():
-        raise ConfigError(f"config key 'model': checkpoint {model} does not exist")
-    return str(model)
+    specs = [str(m) for m in model] if isinstance(model, (list, tuple)) else [str(model)]
+    for spec in specs:
+        if is_cellpose(spec):
+            try:
+                find_cellpose_weights(spec)
+            except InputError as err:
+                raise ConfigError(f"config key 'model': {err}") from None
+        elif not Path(spec).is_file():
+            raise ConfigError(f"config key 'model': checkpoint {spec} does not exist")
+    return specs if isinstance(model, (list, tuple)) else specs[0]

@@ -129,12 +129,13 @@ def for_inference(net: torch.nn.Module, device: torch.device, precision: str = "
     return InferenceNetwork(net, chosen, channels_last).eval()
 
 
-def load_model(path: str | os.PathLike, device: torch.device, precision: str = "auto") -> tuple[InferenceNetwork, dict]:
-    """The checkpoint's network ready for inference on `device` at `precision` (`for_inference`) and
-    its metadata."""
-    from mediar3d.model import load_checkpoint
+def load_model(path, device: torch.device, precision: str = "auto") -> tuple[InferenceNetwork, dict]:
+    """The model's network ready for inference on `device` at `precision` (`for_inference`) and its
+    metadata. `path`: a checkpoint, a `cellpose:NAME|PATH` spec, or a list of them (an ensemble
+    averaging its members' outputs); see mediar3d.backends."""
+    from mediar3d.backends import load_networks
 
-    model, meta = load_checkpoint(path, device)
+    model, meta = load_networks(path, device)
     return for_inference(model, device, precision), dict(meta or {})
 
 
@@ -380,12 +381,15 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
     set_threads(threads)
     device = resolve_device(device)
     if not isinstance(model, torch.nn.Module):
-        model_name = model_name or str(model)
+        from mediar3d.backends import model_name as name_of
+
+        model_name = model_name or name_of(model)
         model, meta = load_model(model, device, precision)
         flow_scale = flow_scale or meta.get("flow_scale")
         prob_threshold = prob_threshold if prob_threshold is not None else meta.get("prob_threshold")
     flow_scale = float(flow_scale or FLOW_SCALE)
     model = for_inference(model, device, precision)
+    tile = _fit_tile(model, tile)
     iso = store.open_array(iso_path)
     if iso.ndim != 3:
         raise InputError(iso_path, f"expected a (Z, Y, X) iso volume, got shape {iso.shape}")
@@ -399,6 +403,17 @@ def predict_views(iso_path: str | os.PathLike, model: torch.nn.Module | str | os
                          device=device, slab_voxels=slab_voxels, progress=progress, flow_scale=flow_scale,
                          skip_constant=skip_constant)
     return Path(out_path)
+
+
+def _fit_tile(model: torch.nn.Module, tile: int) -> int:
+    """`tile`, or the largest tile the network takes where that is smaller (Cellpose's: 256)."""
+    from mediar3d.backends import max_tile
+
+    limit = max_tile(model)
+    if limit and tile > limit:
+        log.info("tile %d -> %d: the largest input this network takes", tile, limit)
+        return int(limit)
+    return tile
 
 
 def _create_views_group(path: Path, shape: Sequence[int], views: Sequence[str], attrs: Mapping):

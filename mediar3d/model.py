@@ -262,13 +262,28 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     except Exception as exc:  # torch raises many types for truncated / foreign files
         raise InputError(path, f"not a readable model checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, f"not a mediar3d checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+        raise InputError(path, f"not a mediar3d checkpoint (expected format {CHECKPOINT_FORMAT!r})"
+                               + raw_state_dict_hint(path, payload))
     if payload.get("format_version", 0) > CHECKPOINT_VERSION:
         raise InputError(path, f"checkpoint format version {payload.get('format_version')} is newer than "
                                f"this mediar3d supports ({CHECKPOINT_VERSION})")
     if not isinstance(payload.get("meta"), dict) or not isinstance(payload.get("state_dict"), dict):
         raise InputError(path, "checkpoint lacks 'meta' or 'state_dict'")
     return payload
+
+
+def raw_state_dict_hint(path, payload) -> str:
+    """For a file that is a bare state dict rather than a mediar3d checkpoint: how to use it."""
+    if not isinstance(payload, Mapping):
+        return ""
+    keys = {str(k).removeprefix("module.") for k in payload}
+    if "W2" in keys:
+        return f": it looks like Cellpose weights, run them with --model cellpose:{path}"
+    if any(k.startswith(("encoder.", "decoder.", "gradflow_head.")) for k in keys) or \
+            any(isinstance(payload.get(k), Mapping) for k in ("state_dict", "model_state_dict")):
+        return (f": it looks like a raw state dict (e.g. MEDIAR's .pth); convert it with "
+                f"`mediar3d import-mediar {path} --out CKPT --diameter-px D`")
+    return ""
 
 
 def update_checkpoint_meta(path: str | os.PathLike, updates: Mapping[str, Any]) -> Path:

@@ -42,6 +42,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 VIEWS: tuple[str, ...] = ("xy", "xz", "yz")
 #: default (low, high) normalization percentiles of a checkpoint that records none
 DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
+#: normalization modes (checkpoint meta `norm_mode`; see mediar3d.resample.NORM_MODES)
+NORM_MODES: tuple[str, ...] = ("percentile", "nonzero-clip")
 #: tiles are cut to multiples of this (the network's input size multiple)
 TILE_MULTIPLE = 32
 #: the largest isotropic volume one frame may resample to, in GiB of float32 (64 GiB: a
@@ -136,13 +138,22 @@ def settings_defaults() -> dict[str, Any]:
 # what a checkpoint's metadata sets
 
 
-def checkpoint_meta(path: str | os.PathLike | None) -> dict:
-    """A checkpoint's metadata (no network is built); {} without a checkpoint."""
-    if path is None:
+def checkpoint_meta(path) -> dict:
+    """The metadata of a model (a checkpoint, a `cellpose:NAME|PATH` spec, or a list of them: an
+    ensemble, whose members must agree; see mediar3d.backends); no network is built. {} without one."""
+    if path is None or (isinstance(path, (list, tuple)) and not path):
         return {}
-    from mediar3d.model import read_checkpoint
+    from mediar3d.backends import model_meta
 
-    return dict(read_checkpoint(path)["meta"] or {})
+    return model_meta(path)
+
+
+def norm_mode(meta: Mapping) -> str:
+    """How the percentiles normalize (`NORM_MODES`): the checkpoint's `norm_mode`, else "percentile"."""
+    mode = meta.get("norm_mode") or "percentile"
+    if mode not in NORM_MODES:
+        raise InputError(None, f"the checkpoint's normalization mode {mode!r} is not one of {NORM_MODES}")
+    return str(mode)
 
 
 def norm_percentiles(settings: Settings, meta: Mapping) -> tuple[float, float]:
@@ -172,7 +183,7 @@ def resample(volume, voxel_size: Sequence[float], out, settings: Settings, *, me
     return resample_frame(volume, voxel_size, out, percentiles=norm_percentiles(settings, meta),
                           diameter_um=settings.diameter, train_diameter_px=train_diameter_px(meta), model=model,
                           device=device, flow_scale=meta.get("flow_scale"), source=source, timepoint=timepoint,
-                          max_gib=settings.max_gib)
+                          max_gib=settings.max_gib, norm_mode=norm_mode(meta))
 
 
 def infer(iso_path, out, settings: Settings, model, *, meta: Mapping | None = None, model_name: str | None = None,
@@ -260,10 +271,10 @@ def segment_frame(volume, voxel_size: Sequence[float], workdir: Path, settings: 
 # the network and the diameter
 
 
-def load_network(path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 precision: str = "auto"):
+def load_network(path, device: str = "auto", threads: int | None = None, precision: str = "auto"):
     """(network ready for inference at `precision`, its checkpoint's metadata, torch device) of a
-    checkpoint; `threads` limits torch's CPU threads (None: torch's choice)."""
+    model: a checkpoint, a `cellpose:NAME|PATH` spec, or a list of them (an ensemble averaging its
+    members' outputs; see mediar3d.backends); `threads` limits torch's CPU threads (None: torch's choice)."""
     from mediar3d.infer import load_model, resolve_device, set_threads
 
     set_threads(threads)

@@ -76,15 +76,23 @@ def _check_volume(volume, source=None) -> None:
 # normalization
 
 
-def _min_max(volume, bounds) -> tuple[float, float]:
+def _values(volume, z0: int, z1: int, nonzero: bool) -> np.ndarray:
+    """The voxels of planes z0:z1, flattened; only the non-zero ones with `nonzero`."""
+    block = _read(volume, np.s_[z0:z1]).ravel()
+    return block[block != 0] if nonzero else block
+
+
+def _min_max(volume, bounds, nonzero: bool = False) -> tuple[float, float]:
     lo, hi = math.inf, -math.inf
     for z0, z1 in bounds:
-        block = _read(volume, np.s_[z0:z1])
-        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        block = _values(volume, z0, z1, nonzero)
+        if block.size:
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
     return lo, hi
 
 
-def _histogram(volume, bounds, lo: float, hi: float, integer: bool) -> tuple[np.ndarray, float, float]:
+def _histogram(volume, bounds, lo: float, hi: float, integer: bool,
+               nonzero: bool = False) -> tuple[np.ndarray, float, float]:
     """Counts over `HIST_BINS` (or one per integer value) bins on [lo, hi]; returns counts, origin, width."""
     if integer and hi - lo + 1 <= HIST_BINS:
         n_bins, width = int(hi - lo) + 1, 1.0
@@ -92,7 +100,7 @@ def _histogram(volume, bounds, lo: float, hi: float, integer: bool) -> tuple[np.
         n_bins, width = HIST_BINS, max(hi - lo, 1e-12) / HIST_BINS
     counts = np.zeros(n_bins, dtype=np.int64)
     for z0, z1 in bounds:
-        block = _read(volume, np.s_[z0:z1]).ravel()
+        block = _values(volume, z0, z1, nonzero)
         index = np.floor((block.astype(np.float64) - lo) / width).astype(np.int64)
         counts += np.bincount(np.clip(index, 0, n_bins - 1), minlength=n_bins)
     return counts, lo, width
@@ -111,26 +119,45 @@ def _quantile_from_hist(counts: np.ndarray, origin: float, width: float, integer
 
 
 def percentile_range(volume, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-                     slab_voxels: int = SLAB_VOXELS) -> tuple[float, float]:
-    """(low, high) intensity at the given percentiles (0..100) of a (Z, Y, X) volume, read slab by slab.
+                     slab_voxels: int = SLAB_VOXELS, nonzero: bool = False) -> tuple[float, float]:
+    """(low, high) intensity at the given percentiles (0..100) of a (Z, Y, X) volume, read slab by slab;
+    with `nonzero`, percentiles of the non-zero voxels only (MEDIAR's normalization; (0, 0) when
+    every voxel is zero).
 
     Integer volumes whose value range fits `HIST_BINS` are exact (as `np.percentile`); other
     volumes are accurate to (max - min) / 2**20.
     """
     _check_volume(volume)
     bounds = slab_bounds(volume.shape[0], volume.shape[1] * volume.shape[2], slab_voxels)
-    lo, hi = _min_max(volume, bounds)
+    lo, hi = _min_max(volume, bounds, nonzero)
+    if not math.isfinite(lo):  # nonzero and no non-zero voxel
+        return 0.0, 0.0
     integer = np.issubdtype(np.dtype(volume.dtype), np.integer)
-    counts, origin, width = _histogram(volume, bounds, lo, hi, integer)
+    counts, origin, width = _histogram(volume, bounds, lo, hi, integer, nonzero)
     integer_bins = integer and width == 1.0
     p_lo, p_hi = (_quantile_from_hist(counts, origin, width, integer_bins, p / 100.0) for p in percentiles)
     return min(max(p_lo, lo), hi), min(max(p_hi, lo), hi)
 
 
-def normalize(block, low: float, high: float) -> np.ndarray:
-    """float32 `(block - low) / (high - low)`: the low percentile -> 0, the high one -> 1 (not clipped)."""
+def normalize(block, low: float, high: float, clip: bool = False) -> np.ndarray:
+    """float32 `(block - low) / (high - low)`: the low percentile -> 0, the high one -> 1; clipped to
+    [0, 1] with `clip` (MEDIAR's normalization), else not."""
     scale = 1.0 / (high - low) if high > low else 1.0
-    return ((np.asarray(block, dtype=np.float32) - np.float32(low)) * np.float32(scale)).astype(np.float32)
+    out = ((np.asarray(block, dtype=np.float32) - np.float32(low)) * np.float32(scale)).astype(np.float32)
+    return np.clip(out, 0.0, 1.0, out=out) if clip else out
+
+
+#: normalization modes a checkpoint may ask for (meta `norm_mode`): "percentile" = the percentiles of
+#: all voxels to 0 and 1, not clipped (mediar3d's and Cellpose's own); "nonzero-clip" = percentiles of
+#: the non-zero voxels, clipped to [0, 1] (MEDIAR's own, with percentiles (0, 99.5))
+NORM_MODES: tuple[str, ...] = pipeline.NORM_MODES
+
+
+def norm_range_of(volume, percentiles: Sequence[float], mode: str = "percentile") -> tuple[float, float]:
+    """(low, high) of `percentile_range` for a normalization mode (see `NORM_MODES`)."""
+    if mode not in NORM_MODES:
+        raise InputError(None, f"normalization mode must be one of {NORM_MODES}, got {mode!r}")
+    return percentile_range(volume, percentiles, nonzero=mode == "nonzero-clip")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,12 +247,13 @@ def resample_block(block: np.ndarray, out_shape: Sequence[int]) -> np.ndarray:
     return out
 
 
-def _out_slab(volume, zc: np.ndarray, out_yx: tuple[int, int], low: float | None, high: float | None) -> np.ndarray:
+def _out_slab(volume, zc: np.ndarray, out_yx: tuple[int, int], low: float | None, high: float | None,
+              clip: bool = False) -> np.ndarray:
     """Output planes at input z-coordinates `zc`: read the input planes they need, interpolate."""
     z_first, z_last = int(np.floor(zc[0])), min(int(np.floor(zc[-1])) + 1, volume.shape[0] - 1)
     block = _read(volume, np.s_[z_first:z_last + 1]).astype(np.float32)
     if low is not None:
-        block = normalize(block, low, high)
+        block = normalize(block, low, high, clip)
     block = _linear_axis(block, zc - z_first, 0)
     block = _linear_axis(block, source_coords(volume.shape[1], out_yx[0]), 1)
     return _linear_axis(block, source_coords(volume.shape[2], out_yx[1]), 2)
@@ -233,10 +261,11 @@ def _out_slab(volume, zc: np.ndarray, out_yx: tuple[int, int], low: float | None
 
 def resample_to_iso(volume, zoom: Sequence[float], out=None, norm_range: tuple[float, float] | None = None,
                     chunks: Sequence[int] | None = None, attrs: Mapping | None = None,
-                    slab_voxels: int = SLAB_VOXELS):
+                    slab_voxels: int = SLAB_VOXELS, clip: bool = False):
     """Resample a (Z, Y, X) volume (numpy, zarr or dask) by `zoom` with trilinear interpolation.
 
-    `norm_range` = (low, high) normalizes intensities on the way (see `normalize`). With `out` a
+    `norm_range` = (low, high) normalizes intensities on the way (see `normalize`; clipped to [0, 1]
+    with `clip`). With `out` a
     path, the float32 result of shape `iso_shape(shape, zoom)` is written atomically to a zarr
     array (attrs `attrs`) one z-slab at a time and the path is returned; with `out=None` a numpy
     array is returned (for small volumes). Only one output slab of <= `slab_voxels` voxels and the
@@ -247,7 +276,7 @@ def resample_to_iso(volume, zoom: Sequence[float], out=None, norm_range: tuple[f
     low, high = norm_range if norm_range is not None else (None, None)
     zc_all = source_coords(volume.shape[0], shape_out[0])
     if out is None:
-        return _out_slab(volume, zc_all, shape_out[1:], low, high)
+        return _out_slab(volume, zc_all, shape_out[1:], low, high, clip)
     from mediar3d.io import store
 
     with store.atomic_zarr(out, "iso") as tmp:
@@ -255,7 +284,7 @@ def resample_to_iso(volume, zoom: Sequence[float], out=None, norm_range: tuple[f
         align = array.chunks[0]
         bounds = slab_bounds(shape_out[0], shape_out[1] * shape_out[2], slab_voxels, align)
         for z0, z1 in bounds:
-            array[z0:z1] = _out_slab(volume, zc_all[z0:z1], shape_out[1:], low, high)
+            array[z0:z1] = _out_slab(volume, zc_all[z0:z1], shape_out[1:], low, high, clip)
         log.info("resampled %s -> %s in %d slabs", tuple(volume.shape), shape_out, len(bounds))
     return out
 
@@ -341,7 +370,8 @@ def labels_to_original(labels_iso, original_shape: Sequence[int], prob=None, thr
 
 
 def iso_attrs(voxel_size: Sequence[float], original_shape: Sequence[int], zoom: Sequence[float],
-              source: str = "", timepoint: int = 0, norm_range=None, percentiles=None) -> dict:
+              source: str = "", timepoint: int = 0, norm_range=None, percentiles=None,
+              norm_mode: str | None = None) -> dict:
     """The attrs every intermediate on the iso grid carries (see docs/architecture.md)."""
     iso = float(voxel_size[0]) / float(zoom[0])
     attrs = {"voxel_size_um": [float(v) for v in voxel_size], "original_shape": [int(s) for s in original_shape],
@@ -350,6 +380,8 @@ def iso_attrs(voxel_size: Sequence[float], original_shape: Sequence[int], zoom: 
         attrs["norm_range"] = [float(v) for v in norm_range]
     if percentiles is not None:
         attrs["norm_percentiles"] = [float(p) for p in percentiles]
+    if norm_mode is not None:
+        attrs["norm_mode"] = str(norm_mode)
     return attrs
 
 
@@ -388,9 +420,11 @@ def warn_implausible_anisotropy(voxel_size: Sequence[float], source) -> None:
 def resample_frame(volume, voxel_size: Sequence[float], out, *, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
                    diameter_um=None, train_diameter_px: float | None = None, model=None, device="cpu",
                    flow_scale: float | None = None, source: str = "", timepoint: int = 0,
-                   chunks: Sequence[int] | None = None, max_gib: float = MAX_ISO_GIB):
+                   chunks: Sequence[int] | None = None, max_gib: float = MAX_ISO_GIB,
+                   norm_mode: str = "percentile"):
     """The `resample` stage: normalize (percentiles over the whole volume) and resample a raw (Z, Y, X)
     frame to the isotropic grid, written to the zarr array `out` with the iso attrs. Returns `out`.
+    `norm_mode`: how the percentiles normalize (`NORM_MODES`; the checkpoint's meta `norm_mode`).
 
     `diameter_um`: the typical object diameter (um), "auto" to estimate it (`mediar3d.size`, with
     `model` when given), or None for no rescaling. With a diameter and `train_diameter_px`, objects
@@ -401,15 +435,17 @@ def resample_frame(volume, voxel_size: Sequence[float], out, *, percentiles: Seq
 
     _check_volume(volume, source or None)
     warn_implausible_anisotropy(voxel_size, source)
-    norm_range = percentile_range(volume, percentiles)
+    norm_range = norm_range_of(volume, percentiles, norm_mode)
+    clip = norm_mode == "nonzero-clip"
     diameter_um = choose_diameter(volume, voxel_size, diameter_um, model=model, train_diameter_px=train_diameter_px,
-                                  norm_range=norm_range, device=device, flow_scale=flow_scale, source=source)
+                                  norm_range=norm_range, device=device, flow_scale=flow_scale, source=source,
+                                  norm_clip=clip)
     zoom = zoom_factors(voxel_size, diameter_um, train_diameter_px)
     check_iso_budget(iso_shape(volume.shape, zoom), out, source or out, max_gib)
-    attrs = iso_attrs(voxel_size, volume.shape, zoom, source, timepoint, norm_range, percentiles)
+    attrs = iso_attrs(voxel_size, volume.shape, zoom, source, timepoint, norm_range, percentiles, norm_mode)
     if diameter_um:  # the expected object diameter on the iso grid, for reconstruct's defaults
         attrs["diameter_um"] = float(diameter_um)
         attrs["diameter_px"] = float(diameter_um) / attrs["iso_voxel_um"]
     log.info("%s t=%d: voxel %s um -> iso %.3f um, zoom %s, normalization range %s",
              source, timepoint, tuple(voxel_size), attrs["iso_voxel_um"], tuple(round(f, 3) for f in zoom), norm_range)
-    return resample_to_iso(volume, zoom, out, norm_range=norm_range, chunks=chunks, attrs=attrs)
+    return resample_to_iso(volume, zoom, out, norm_range=norm_range, chunks=chunks, attrs=attrs, clip=clip)

@@ -176,7 +176,7 @@ def _whole_objects(labels: np.ndarray, cut_axes: Sequence[bool]) -> np.ndarray:
 
 def measure_diameter(volume: np.ndarray, voxel_size: Sequence[float], norm_range: tuple[float, float],
                      model, train_diameter_px: float, guess_um: float, centre: Sequence[float], *,
-                     device="cpu", flow_scale: float | None = None) -> tuple[float, int]:
+                     device="cpu", flow_scale: float | None = None, norm_clip: bool = False) -> tuple[float, int]:
     """(median equivalent-sphere diameter in um, number of objects) of the objects the network finds
     in a crop around `centre` after rescaling objects of `guess_um` to `train_diameter_px`; objects
     cut by the crop are left out while at least MIN_OBJECTS whole ones remain. (nan, 0) when none."""
@@ -188,7 +188,7 @@ def measure_diameter(volume: np.ndarray, voxel_size: Sequence[float], norm_range
     zoom = zoom_factors(voxel_size, guess_um, train_diameter_px)
     box = _crop_box(volume.shape, voxel_size, centre, CROP_VOXELS * iso_voxel_size(voxel_size, guess_um, train_diameter_px))
     crop = np.asarray(volume[box])
-    iso = resample_to_iso(crop, zoom, norm_range=norm_range)
+    iso = resample_to_iso(crop, zoom, norm_range=norm_range, clip=norm_clip)
     views = {}
     for view in VIEWS:
         views[view] = np.zeros((3, *iso.shape), np.float32)
@@ -208,7 +208,8 @@ def measure_diameter(volume: np.ndarray, voxel_size: Sequence[float], norm_range
 
 def estimate_diameter(volume, voxel_size: Sequence[float], model, train_diameter_px: float,
                       norm_range: tuple[float, float], *, device="cpu", flow_scale: float | None = None,
-                      max_iterations: int = 4, start_factor: float = START_FACTOR) -> SizeEstimate:
+                      max_iterations: int = 4, start_factor: float = START_FACTOR,
+                      norm_clip: bool = False) -> SizeEstimate:
     """Typical object diameter (um) of a raw (Z, Y, X) volume: the image prior, refined by the
     network until the objects it finds have the diameter the volume was rescaled for."""
     volume = np.asarray(volume)
@@ -218,7 +219,7 @@ def estimate_diameter(volume, voxel_size: Sequence[float], model, train_diameter
     guess = prior * start_factor
     for _ in range(max_iterations):
         measured, n = measure_diameter(volume, voxel_size, norm_range, model, train_diameter_px, guess, centre,
-                                       device=device, flow_scale=flow_scale)
+                                       device=device, flow_scale=flow_scale, norm_clip=norm_clip)
         estimate.steps.append((guess, measured, n))
         if n == 0 or not math.isfinite(measured):
             break
@@ -256,7 +257,7 @@ def parse_diameter(value) -> float | str | None:
 
 def choose_diameter(volume, voxel_size: Sequence[float], setting, *, model=None, train_diameter_px: float | None = None,
                     norm_range: tuple[float, float] | None = None, device="cpu", flow_scale: float | None = None,
-                    source: str = "") -> float | None:
+                    source: str = "", norm_clip: bool = False) -> float | None:
     """The object diameter (um) a frame is rescaled by: the given number, None for no rescaling, or for
     "auto" the estimate (`estimate_diameter`; the image prior alone without a model or a training
     diameter). What was chosen and why is logged."""
@@ -270,6 +271,6 @@ def choose_diameter(volume, voxel_size: Sequence[float], setting, *, model=None,
     if norm_range is None:
         raise ValueError("norm_range is needed to run the network on the volume")
     estimate = estimate_diameter(volume, voxel_size, model, train_diameter_px, norm_range, device=device,
-                                 flow_scale=flow_scale)
+                                 flow_scale=flow_scale, norm_clip=norm_clip)
     log.info("%s: %s", source, estimate.describe())
     return estimate.diameter_um

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields, replace
-from pathlib import Path
 
 from mediar3d.pipeline import BOUNDARIES, DEVICES, METHODS, PRECISIONS, Settings
 
@@ -85,5 +84,8 @@ def add_threads(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model(parser: argparse.ArgumentParser, required: bool, help_text: str) -> None:
-    """--model CKPT."""
-    parser.add_argument("--model", type=Path, metavar="CKPT", required=required, help=help_text)
+    """--model SPEC, repeatable: a checkpoint or `cellpose:NAME|PATH`; given more than once, an ensemble
+    that averages the networks' outputs (mediar3d.backends). `args.model` is a list of specs or None."""
+    parser.add_argument("--model", action="append", metavar="CKPT|cellpose:NAME", required=required,
+                        help=help_text + "; cellpose:NAME|PATH runs a Cellpose model (weights from PATH or the "
+                        "Cellpose model folder); repeat --model for an ensemble that averages the networks' outputs")

@@ -69,15 +69,17 @@ def _check_no_other_masks(out: Path, names: set[str]) -> None:
 
 
 def _network(args: argparse.Namespace, settings) -> tuple:
-    """(network or None, its checkpoint's metadata, checkpoint path or None): --model, else the shipped
-    checkpoint, for the network methods; the classical method uses no checkpoint (as the workflow)."""
+    """(network or None, its checkpoint's metadata, model name or None): --model (one or several: an
+    ensemble), else the shipped checkpoint, for the network methods; the classical method uses no checkpoint (as the workflow)."""
     from mediar3d import pipeline
+
+    from mediar3d.modelspec import model_name
 
     if not settings.views:
         return None, {}, None
-    path = str(args.model or default_model_path())
-    model, meta, _ = pipeline.load_network(path, settings.device, args.threads, settings.precision)
-    return model, meta, path
+    specs = args.model or [str(default_model_path())]
+    model, meta, _ = pipeline.load_network(specs, settings.device, args.threads, settings.precision)
+    return model, meta, model_name(specs)
 
 
 def run(args: argparse.Namespace) -> int:

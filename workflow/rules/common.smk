@@ -10,9 +10,13 @@ import shutil
 from pathlib import Path
 
 from mediar3d.config import dataset_kind, dataset_path, resolve_model
+from mediar3d.modelspec import model_specs, spec_files
 
 OUT = config["out"]
+# the model: one spec or a list (an ensemble); its files are the inputs of resample and infer
 MODEL = resolve_model(config)
+MODEL_FILES = spec_files(MODEL)
+MODEL_OPTIONS = " ".join(f"--model {shlex.quote(spec)}" for spec in model_specs(MODEL))
 METHOD = config["method"]
 DATASETS = config["datasets"]
 DATASET_PATHS = {name: dataset_path(name, entry, OUT) for name, entry in DATASETS.items()}
@@ -224,7 +228,7 @@ def synth_options(wildcards):
 def resample_options(wildcards):
     entry = DATASETS[wildcards.dataset]
     return " ".join(filter(None, [
-        option("--model", MODEL),
+        MODEL_OPTIONS,
         option("--voxel-size", entry["voxel_size"]),
         option("--diameter", "none" if entry["diameter"] is None else entry["diameter"]),
         option("--device", config["device"]),
@@ -302,9 +306,9 @@ def model_card():
     (<checkpoint>.md, MODEL_CARD.md, model_card.md or README.md)."""
     if config["report"]["model_card"]:
         return [config["report"]["model_card"]]
-    if not MODEL:
+    if not MODEL_FILES:
         return []
-    model = Path(MODEL)
+    model = Path(MODEL_FILES[0])
     for card in (model.with_suffix(".md"), *(model.parent / n for n in ("MODEL_CARD.md", "model_card.md", "README.md"))):
         if card.is_file():
             return [str(card)]

@@ -7,10 +7,11 @@ INFER = config["infer"]
 rule infer:
     input:
         iso=ISO,
-        model=[MODEL] if MODEL else [],
+        model=MODEL_FILES,
     output:
         intermediate(VIEWS),
     params:
+        model=MODEL_OPTIONS,
         views="xy" if METHOD == "xy-stitch" else "xy xz yz",
         tile=INFER["tile"],
         overlap=INFER["overlap"],
@@ -29,6 +30,6 @@ rule infer:
     conda:
         ENV
     shell:
-        "mediar3d infer --input {input.iso:q} --model {input.model:q} --out {output:q} --views {params.views}"
+        "mediar3d infer --input {input.iso:q} {params.model} --out {output:q} --views {params.views}"
         " --tile {params.tile} --overlap {params.overlap} --batch {params.batch} {params.tta}"
         " --device {params.device} --precision {params.precision} --threads {threads} --no-progress > {log:q} 2>&1"

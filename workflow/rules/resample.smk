@@ -4,7 +4,7 @@
 rule resample:
     input:
         frame=frame_input,
-        model=[MODEL] if MODEL else [],
+        model=MODEL_FILES,
     output:
         intermediate(ISO),
     params:
