@@ -37,8 +37,8 @@ install_packages() {
     # policy-rc.d 101: the packages' postinst must not start daemons with the distribution's config
     local policy=/usr/sbin/policy-rc.d own_policy=0
     if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod +x $policy; own_policy=1; fi
-    { apt-get install -y -qq "${missing[@]}" >"$DIR/apt.log" 2>&1 || { apt-get update -qq >>"$DIR/apt.log" 2>&1 &&
-      apt-get install -y -qq "${missing[@]}" >>"$DIR/apt.log" 2>&1; }; } || { [ $own_policy = 1 ] && rm -f $policy;
+    { apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$DIR/apt.log" 2>&1 || { apt-get update -qq >>"$DIR/apt.log" 2>&1 &&
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$DIR/apt.log" 2>&1; }; } || { [ $own_policy = 1 ] && rm -f $policy;
       die "apt-get install failed, see $DIR/apt.log"; }
     [ $own_policy = 1 ] && rm -f $policy
     return 0
