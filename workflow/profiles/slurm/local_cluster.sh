@@ -56,7 +56,7 @@ write_config() {
     cat > "$DIR/slurm.conf" <<EOF
 $MARK: a one-node cluster for trying workflow/profiles/slurm
 ClusterName=mediar3d
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -78,7 +78,7 @@ ReturnToService=2
 MinJobAge=300
 SchedulerParameters=sched_interval=2
 MpiDefault=none
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
     cp "$DIR/slurm.conf" "$CONF"
