@@ -174,5 +174,11 @@ def test_slurm_profile_cancel_rerun_identical_resources(slurm, setup):
     for job_id, info in jobs.items():
         threads, mem_mb, runtime = RESOURCES[info["rule"]]
         assert (info["cpus"], info["mem_mb"], info["minutes"]) == (threads, mem_mb, runtime), (job_id, info)
+
+    # device: cuda -> the GPU rules ask SLURM for a GPU (this cluster has none, so sbatch refuses the job)
+    gpu = run([*cmd, "--config", "device=cuda", "--retries", "0"])
+    assert gpu.returncode != 0
+    calls = re.findall(r"sbatch --parsable .*? --comment rule_resample_\S+ .*?--gpus=1", gpu.stdout + gpu.stderr)
+    assert calls and "Invalid generic resource" in gpu.stdout + gpu.stderr, (gpu.stdout + gpu.stderr)[-4000:]
     print(f"local run {t_local:.0f} s, SLURM run with cancel {t_first:.0f} s, rerun {t_second:.0f} s, "
           f"{len(jobs)} SLURM jobs")
