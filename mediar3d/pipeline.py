@@ -245,10 +245,10 @@ def reconstruct(path, settings: Settings, *, diameter_px: float | None = None, s
 
 def segment_frame(volume, voxel_size: Sequence[float], workdir: Path, settings: Settings, *, model=None,
                   meta: Mapping | None = None, model_name: str | None = None, source: str = "",
-                  timepoint: int = 0, progress: bool = True) -> np.ndarray:
+                  timepoint: int = 0, progress: bool = True, scheduler=None) -> np.ndarray:
     """uint32 labels (the frame's (Z, Y, X) shape) of one raw frame, all stages in a row; the zarr
     intermediates go under `workdir`. `model` / `meta`: the network and its checkpoint's metadata
-    (None / {} for the classical method)."""
+    (None / {} for the classical method). `scheduler`: as for `reconstruct`."""
     from mediar3d.infer import resolve_device
 
     workdir = Path(workdir)
@@ -264,7 +264,7 @@ def segment_frame(volume, voxel_size: Sequence[float], workdir: Path, settings: 
         stage_input = workdir / "views.zarr"
     if settings.method == "mediar3d":
         stage_input = fuse(stage_input, workdir / "field.zarr")
-    return reconstruct(stage_input, settings)
+    return reconstruct(stage_input, settings, scheduler=scheduler)
 
 
 # ---------------------------------------------------------------------------------------------

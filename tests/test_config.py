@@ -35,7 +35,7 @@ def test_defaults_are_filled_recursively():
     assert cfg["out"] == "results" and cfg["method"] == "mediar3d" and cfg["keep_intermediates"] is False
     assert cfg["infer"] == {"tile": 256, "overlap": 0.25, "batch": 8, "tta": False}
     assert cfg["reconstruct"] == {"prob_threshold": None, "min_size": None, "boundary": "probability",
-                                  "block": [128, 256, 256]}
+                                  "block": [128, 256, 256], "scheduler": None}
     assert cfg["datasets"]["zf"]["diameter"] == "auto"
     assert cfg["datasets"]["zf"]["synth"] == {"preset": "zebrafish", "seed": 0, "frames": 2, "shape": None,
                                               "anisotropy": None}

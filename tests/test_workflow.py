@@ -214,8 +214,10 @@ def test_profiles_and_conda_env():
     assert default["rerun-incomplete"] is True and set(default["rerun-triggers"]) == {"mtime", "params", "input", "code"}
     slurm = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
     assert slurm["executor"] == "slurm"
-    assert {"mem_mb", "runtime", "slurm_account", "slurm_partition"} <= set(slurm["default-resources"])
-    assert "slurm_partition" in slurm["set-resources"]["infer"]
+    # no placeholder account or partition: a cluster rejects what it does not have (tests/test_slurm.py
+    # runs the profile on a real cluster); the defaults are the cluster's own
+    assert {"mem_mb", "runtime"} == set(slurm["default-resources"])
+    assert "set-resources" not in slurm
     env = yaml.safe_load((REPO / "envs" / "mediar3d.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(pip)

@@ -89,3 +89,11 @@ def add_model(parser: argparse.ArgumentParser, required: bool, help_text: str) -
     parser.add_argument("--model", action="append", metavar="CKPT|cellpose:NAME", required=required,
                         help=help_text + "; cellpose:NAME|PATH runs a Cellpose model (weights from PATH or the "
                         "Cellpose model folder); repeat --model for an ensemble that averages the networks' outputs")
+
+
+def add_scheduler(parser: argparse.ArgumentParser) -> None:
+    """--scheduler ADDRESS: the mediar3d method's flow following on a dask.distributed cluster."""
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="dask.distributed scheduler address (tcp://host:8786) whose workers follow the flows of "
+                        "the mediar3d method, block by block; they must see the input at the same path. Labels are "
+                        "identical to the default (dask threads in this process, --workers of them)")

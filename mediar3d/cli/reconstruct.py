@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mediar3d.cli.options import add_settings, settings_from_args
+from mediar3d.cli.options import add_scheduler, add_settings, settings_from_args
 from mediar3d.io.atomic import FILE
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "flow steps and min size (default: the diameter resample recorded in the attrs, else 30). "
                         "The workflow and `segment` never set it: the one diameter setting is resample's --diameter")
     add_settings(parser, "boundary", "block", "workers")
-    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                        help="dask.distributed scheduler address (default: dask threads)")
+    add_scheduler(parser)
 
 
 def run(args: argparse.Namespace) -> int:

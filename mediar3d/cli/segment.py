@@ -12,11 +12,12 @@ stitched along z), `classical` (Otsu + distance-transform watershed, no network)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 from typing import Sequence
 
-from mediar3d.cli.options import add_model, add_settings, add_threads, add_voxel_size, settings_from_args
+from mediar3d.cli.options import add_model, add_scheduler, add_settings, add_threads, add_voxel_size, settings_from_args
 from mediar3d.errors import InputError
 from mediar3d.io.ctc import RESULT_FOLDER
 from mediar3d.io.frames import iter_frames
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "precision", "prob_threshold", "min_size", "boundary", "block", "workers")
     parser.add_argument("--frames", type=int, nargs="+", metavar="T", help="only these timepoints (default: all)")
     add_threads(parser)
+    add_scheduler(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -82,6 +84,21 @@ def _network(args: argparse.Namespace, settings) -> tuple:
     return model, meta, model_name(specs)
 
 
+@contextlib.contextmanager
+def _client(address: str | None):
+    """One dask.distributed Client for all frames (None without --scheduler: dask threads). The
+    frames' scratch folders must be on a file system the cluster's workers see at the same path."""
+    if address is None:
+        yield None
+        return
+    from distributed import Client
+
+    with Client(address) as client:
+        log.info("reconstruct on the dask.distributed cluster at %s (%d workers)", address,
+                 len(client.scheduler_info().get("workers", {})))
+        yield client
+
+
 def run(args: argparse.Namespace) -> int:
     from mediar3d import pipeline
     from mediar3d.io.atomic import atomic_path, scratch_dir
@@ -94,12 +111,12 @@ def run(args: argparse.Namespace) -> int:
     _check_no_other_masks(args.out, {name for _, name, _, _ in frames})
     model, meta, model_name = _network(args, settings)
     linker = Linker(frames[0][0])
-    with atomic_path(args.out, RESULT_FOLDER) as res:  # all frames or nothing under args.out
+    with atomic_path(args.out, RESULT_FOLDER) as res, _client(args.scheduler) as scheduler:  # all frames or nothing
         for t, name, volume, voxel_size in iter_frames(args.input, args.voxel_size, args.frames):
             with scratch_dir(f"segment-t{t}") as tmp:
                 labels = pipeline.segment_frame(volume, voxel_size, tmp, settings, model=model, meta=meta,
                                                 model_name=model_name, source=str(args.input), timepoint=t,
-                                                progress=not args.no_progress)
+                                                progress=not args.no_progress, scheduler=scheduler)
             write_mask(res / name, linker.add(labels, t, name), voxel_size)
             log.info("frame %d: %d objects, %d tracks so far", t, linker.n_objects, linker.n_tracks)
         write_tracks(res / "res_track.txt", linker.tracks.tolist())
