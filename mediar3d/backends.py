@@ -18,7 +18,6 @@ its members must agree on what the pipeline does around the network (`AGREEING_K
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
