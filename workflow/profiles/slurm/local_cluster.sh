@@ -76,6 +76,9 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 ReturnToService=2
 MinJobAge=300
+# a client whose controller is down gives up after ~2 s, not 9: the SLURM executor plugin runs
+# 'scontrol show config' whenever Snakemake starts on a machine with SLURM installed
+MessageTimeout=3
 SchedulerParameters=sched_interval=2
 MpiDefault=none
 $node NodeAddr=127.0.0.1 State=UNKNOWN
