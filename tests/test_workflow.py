@@ -214,8 +214,8 @@ def test_profiles_and_conda_env():
     assert default["rerun-incomplete"] is True and set(default["rerun-triggers"]) == {"mtime", "params", "input", "code"}
     slurm = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
     assert slurm["executor"] == "slurm"
-    # no placeholder account or partition: a cluster rejects what it does not have (tests/test_slurm.py
-    # runs the profile on a real cluster); the defaults are the cluster's own
+    # the profile names no account or partition: a cluster rejects one it does not have
+    # (tests/test_slurm.py runs the profile on a real cluster), so the cluster's own defaults apply
     assert {"mem_mb", "runtime"} == set(slurm["default-resources"])
     assert "set-resources" not in slurm
     env = yaml.safe_load((REPO / "envs" / "mediar3d.yaml").read_text())
