@@ -36,28 +36,17 @@ from mediar3d.reconstruct import masks_from_field  # noqa: E402
 from mediar3d.resample import labels_to_original  # noqa: E402
 
 from bench_error_budget import BBBC050, load_case, synthetic_case  # noqa: E402
-from tune_postprocess import VALIDATION, field_of  # noqa: E402
+from tune_postprocess import VALIDATION, field_of, iso_of  # noqa: E402
 
 THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 HALF_MAX = 0.5
 
 
-def iso_image(image, voxel, meta, model) -> np.ndarray:
-    """The normalized iso volume the network saw (as `field_of` builds it)."""
-    from mediar3d.resample import percentile_range, resample_to_iso, zoom_factors
-    from mediar3d.size import choose_diameter
-
-    train_px = float(meta["train_diameter_px"])
-    norm = percentile_range(image, meta["norm_percentiles"])
-    diameter = choose_diameter(image, voxel, "auto", model=model, train_diameter_px=train_px, norm_range=norm)
-    return resample_to_iso(image, zoom_factors(voxel, diameter, train_px), norm_range=norm)
-
-
 def threshold_rows(name: str, image, gt, voxel, model, meta) -> list[dict]:
     from scipy import ndimage as ndi
 
-    field, train_px = field_of(image, voxel, model, meta)
-    iso = iso_image(image, voxel, meta, model).astype(np.float32)
+    iso = iso_of(image, voxel, model, meta).astype(np.float32)
+    field, train_px = field_of(image, voxel, model, meta, iso)
     gradient = ndi.gaussian_gradient_magnitude(iso, 1.0)
     ball = math.pi / 6 * train_px ** 3
     rows = []

@@ -41,11 +41,18 @@ THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 MIN_FRACTIONS = (0.05, 0.1, 0.15, 0.25)
 
 
-def field_of(image, voxel, model, meta):
+def iso_of(image, voxel, model, meta) -> np.ndarray:
+    """The normalized iso volume the network sees (diameter estimated), as the pipeline builds it."""
     train_px = float(meta["train_diameter_px"])
     norm = percentile_range(image, meta["norm_percentiles"])
     diameter = choose_diameter(image, voxel, "auto", model=model, train_diameter_px=train_px, norm_range=norm)
-    iso = resample_to_iso(image, zoom_factors(voxel, diameter, train_px), norm_range=norm)
+    return resample_to_iso(image, zoom_factors(voxel, diameter, train_px), norm_range=norm)
+
+
+def field_of(image, voxel, model, meta, iso: np.ndarray | None = None):
+    """(fused field (4, Z, Y, X) of the iso volume (`iso_of` unless given), training diameter)."""
+    train_px = float(meta["train_diameter_px"])
+    iso = iso_of(image, voxel, model, meta) if iso is None else iso
     views = {}
     for view in VIEWS:
         views[view] = np.zeros((3, *iso.shape), np.float32)
