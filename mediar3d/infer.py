@@ -189,8 +189,22 @@ def importance_map(tile_h: int, tile_w: int, blend_h: bool = True, blend_w: bool
     return np.outer(axis(tile_h, blend_h), axis(tile_w, blend_w))
 
 
+def balanced_tile(length: int, tile: int, overlap: float) -> int:
+    """The tile edge used along an axis of `length` pixels: the smallest multiple of 32 that covers it
+    with as many tiles (at `overlap`) as the largest edge `tile` needs; e.g. a 302-pixel axis takes two
+    192-pixel tiles instead of two 256-pixel tiles overlapping by 210 pixels (1.8x less work per plane)."""
+    if length <= tile:
+        return round_up(length)
+    n_tiles = len(tile_starts(length, tile, overlap))
+    for edge in range(SIZE_MULTIPLE, tile, SIZE_MULTIPLE):
+        if len(tile_starts(length, edge, overlap)) <= n_tiles:
+            return edge
+    return tile
+
+
 def plane_tiling(height: int, width: int, tile: int, overlap: float):
-    """Tile size, padded plane size and tile starts for an (H, W) slice.
+    """Tile size, padded plane size and tile starts for an (H, W) slice; `tile` is the largest tile
+    edge, each axis takes the `balanced_tile` edge.
 
     Returns (tile_h, tile_w, padded_h, padded_w, starts_h, starts_w).
     """
@@ -198,7 +212,7 @@ def plane_tiling(height: int, width: int, tile: int, overlap: float):
         raise ValueError(f"tile must be a multiple of {SIZE_MULTIPLE}, got {tile}")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must lie in [0, 1), got {overlap}")
-    tile_h, tile_w = min(tile, round_up(height)), min(tile, round_up(width))
+    tile_h, tile_w = balanced_tile(height, tile, overlap), balanced_tile(width, tile, overlap)
     padded_h, padded_w = max(height, tile_h), max(width, tile_w)
     return (tile_h, tile_w, padded_h, padded_w,
             tile_starts(padded_h, tile_h, overlap), tile_starts(padded_w, tile_w, overlap))

@@ -61,7 +61,7 @@ class Settings:
     diameter: typical object diameter in um, rescaled to the model's training diameter; "auto" =
       estimated per frame (mediar3d.size), None = no rescaling.
     max_gib: largest isotropic volume of a frame, GiB of float32.
-    tile, overlap, batch, tta: tiling of the network's slices (tile edge in pixels, a multiple of
+    tile, overlap, batch, tta: tiling of the network's slices (largest tile edge in pixels, a multiple of
       32; overlap a fraction of the tile; tiles per batch; flip test-time augmentation).
     device: "auto" | "cpu" | "cuda".
     precision: the network's arithmetic, one of `PRECISIONS` (see mediar3d.infer.resolve_precision).

@@ -38,7 +38,20 @@ def test_tile_starts_cover_with_overlap():
         assert np.all(gaps <= 192)  # at least 25% overlap
     assert infer.tile_starts(100, 256, 0.25) == [0]
     tile_h, tile_w, pad_h, pad_w, sh, sw = infer.plane_tiling(40, 300, 256, 0.25)
-    assert (tile_h, pad_h, sh) == (64, 64, [0]) and tile_w == 256 and pad_w == 300 and len(sw) == 2
+    assert (tile_h, pad_h, sh) == (64, 64, [0]) and tile_w == 192 and pad_w == 300 and sw == [0, 108]
+
+
+def test_balanced_tile_needs_no_more_tiles_and_is_smallest():
+    for length in (100, 256, 257, 302, 512, 700, 1000, 1024):
+        edge = infer.balanced_tile(length, 256, 0.25)
+        assert edge % 32 == 0 and edge <= max(256, infer.round_up(length))
+        n_fixed = len(infer.tile_starts(length, 256, 0.25))
+        starts = infer.tile_starts(max(length, edge), edge, 0.25)
+        assert len(starts) <= n_fixed and starts[-1] + edge >= length
+        assert np.all(np.diff(starts) <= int(0.75 * edge))  # the overlap is kept
+        if edge > 32 and length > 256:
+            assert len(infer.tile_starts(length, edge - 32, 0.25)) > n_fixed  # and it is the smallest
+    assert infer.balanced_tile(302, 256, 0.25) == 192  # two 192 tiles, not two 256 tiles
 
 
 def test_importance_map_peaks_in_centre():

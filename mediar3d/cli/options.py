@@ -26,7 +26,7 @@ def _spec(name: str) -> tuple[tuple, dict]:
         "max_gib": (("--max-gib",), dict(type=float, metavar="GIB",
                     help=f"refuse an isotropic volume larger than this (GiB of float32; default {d.max_gib:g}): "
                     "an absurd voxel size stops here instead of filling the disk")),
-        "tile": (("--tile",), dict(type=int, help=f"tile edge in pixels, a multiple of 32 (default {d.tile})")),
+        "tile": (("--tile",), dict(type=int, help=f"largest tile edge in pixels, a multiple of 32 (default {d.tile}); each slice axis takes the smallest edge that covers it with as many tiles")),
         "overlap": (("--overlap",), dict(type=float,
                     help=f"tile overlap as a fraction of the tile (default {d.overlap})")),
         "batch": (("--batch",), dict(type=int, help=f"tiles per network batch (default {d.batch})")),
