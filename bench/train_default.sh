@@ -206,9 +206,27 @@ i=0; for z in 5 6 6 8; do stage4_data+=$(synth4 thin $((1010 + i)) 5 $z 256 256 
 stage4_data+=$(synth4 zebrafish 1020 4 32 256 256)$(synth4 celegans 1020 10 16 256 256)
 stage4_data+=$(synth4 sparse 1020 2 24 128 128)$(synth4 thin 1020 5 6 256 256)
 val4="$(synth4 zebrafish 1900 4 32 256 256)$(synth4 thin 1900 5 6 256 256)$(synth4 sparse 1900 2 24 128 128)"
+if [ "${FROM_STAGE:-1}" -le 4 ]; then
 "$PY" -m mediar3d train --data $stage4_data --val-data $val4 --out "$WORK/stage4.pt" --init "$STAGE3" \
   --epochs ${STAGE4_EPOCHS:-12} --steps-per-epoch 150 --lr 2e-4 --val-slices-per-view 8 --cache "$WORK/cache4" \
   "${common[@]}"
+else
+  git show "${STAGE4_COMMIT:-4829de9}":models/mediar3d_default.pt > "$WORK/stage4.pt"
+fi
+
+# stage 5 (FROM_STAGE=5): 2.5D input. The network also sees the planes CONTEXT_PX (4) iso voxels below and above
+# each slice; its stem starts from stage 4's with the old weights on the centre plane and zeros on the
+# neighbours, so it starts exactly where stage 4 is. Same data as stage 4.
+if [ "${FROM_STAGE:-1}" -ge 5 ]; then
+  "$PY" -m mediar3d train --data $stage4_data --val-data $val4 --out "$WORK/stage5.pt" --init "$WORK/stage4.pt" \
+    --context-px "${CONTEXT_PX:-4}" --epochs ${STAGE5_EPOCHS:-12} --steps-per-epoch 150 --lr 2e-4 \
+    --val-slices-per-view 8 --cache "$WORK/cache5" "${common[@]}"
+  "$PY" -c "from mediar3d.model import read_checkpoint, update_checkpoint_meta as u; import sys; \
+u(sys.argv[2], {'prob_threshold': read_checkpoint(sys.argv[1])['meta']['prob_threshold']})" "$WORK/stage4.pt" "$WORK/stage5.pt"
+  [ "${TUNE5:-0}" = 1 ] && "$PY" bench/tune_postprocess.py --model "$WORK/stage5.pt" --work "$WORK/tune5" \
+    --out "$WORK/tune_postprocess5.md" --write
+  exit 0
+fi
 
 # the foreground threshold is calibrated on validation volumes (seeds 1901-1902) and recorded in the checkpoint
 "$PY" bench/tune_postprocess.py --model "$WORK/stage4.pt" --work "$WORK/tune" --out "$WORK/tune_postprocess.md" --write

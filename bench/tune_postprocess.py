@@ -6,6 +6,7 @@ field is reconstructed and mapped back to the original grid for every (threshold
 3D SEG is averaged over the frames. Results: bench/results/tune_postprocess.md.
 
     .venv/bin/python bench/tune_postprocess.py [--model models/mediar3d_default.pt]
+        [--thresholds 0.3 0.35 ...] [--min-fractions 0.15 ...]   # a smaller grid: faster
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tune_postprocess.md")
     parser.add_argument("--write", action="store_true",
                         help="record the best threshold in the checkpoint's metadata (prob_threshold)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS, help="probability thresholds to try")
+    parser.add_argument("--min-fractions", type=float, nargs="+", default=MIN_FRACTIONS,
+                        help="minimum object sizes to try (fractions of a ball of the training diameter)")
     args = parser.parse_args()
     set_threads(2)
     import torch
@@ -80,7 +84,7 @@ def main() -> int:
         image, gt, voxel = load_case(folder, 0)
         field, train_px = field_of(image, voxel, model, meta)
         ball = math.pi / 6 * train_px ** 3
-        for threshold, fraction in itertools.product(THRESHOLDS, MIN_FRACTIONS):
+        for threshold, fraction in itertools.product(args.thresholds, args.min_fractions):
             labels = masks_from_field(field, prob_threshold=threshold, diameter_px=train_px,
                                       min_size=int(fraction * ball))
             pred = labels_to_original(labels, gt.shape, prob=field[3], threshold=threshold)

@@ -40,7 +40,7 @@ CELLPOSE_FLOW_SCALE = 5.0
 CELLPOSE_TILE = 256
 #: metadata an ensemble's members must share (the pipeline normalizes and rescales the volume once,
 #: and divides the averaged flows by one scale)
-AGREEING_KEYS: tuple[str, ...] = ("flow_scale", "norm_mode", "norm_percentiles", "train_diameter_px")
+AGREEING_KEYS: tuple[str, ...] = ("flow_scale", "norm_mode", "norm_percentiles", "train_diameter_px", "context_px")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def merge_meta(specs: Sequence[str], metas: Sequence[Mapping]) -> dict:
             listing = ", ".join(f"{s} has {v}" for s, v in zip(specs, values))
             raise InputError(None, f"ensemble members disagree on {key} ({listing}): an ensemble averages its "
                                    "members' outputs on one normalized, rescaled volume, so they must share flow "
-                                   "scale, normalization and training diameter")
+                                   "scale, normalization, training diameter and input planes (context_px)")
     merged = dict(metas[0])
     thresholds = {m.get("prob_threshold") for m in metas}
     if len(thresholds) > 1:

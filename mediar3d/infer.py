@@ -1,6 +1,7 @@
 """Three-view inference: the 2D network on every xy, xz and yz slice of the isotropic volume.
 
-- `predict_slices` runs the model on a stack of 2D slices (N, H, W): slices larger than the tile are
+- `predict_slices` runs the model on a stack of 2D slices (N, H, W), or (N, C, H, W) for a 2.5D
+  network whose input is each slice between its neighbour planes (`context_stack`): slices larger than the tile are
   cut into overlapping tiles blended with a Gaussian importance map, smaller ones are zero-padded to
   a multiple of 32; tiles of all slices are batched; optional flip test-time augmentation.
 - `predict_view` streams one view of a (Z, Y, X) volume slab by slab (zarr or numpy in and out).
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from mediar3d import pipeline
 from mediar3d.errors import InputError
-from mediar3d.model import FLOW_SCALE, SIZE_MULTIPLE
+from mediar3d.model import FLOW_SCALE, SIZE_MULTIPLE, context_of
 from mediar3d.resample import SLAB_VOXELS, slab_bounds
 
 log = logging.getLogger(__name__)
@@ -243,12 +244,14 @@ def _forward_tta(model: torch.nn.Module, x: torch.Tensor, tta: bool) -> torch.Te
 
 def run_batch(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, tta: bool = False,
               flow_scale: float = FLOW_SCALE) -> np.ndarray:
-    """(B, H, W) float32 tiles -> (B, 3, H, W) float32 (flows / flow_scale, logit); H, W multiples of 32."""
-    x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)[:, None]).to(device)
+    """(B, H, W) or (B, C, H, W) float32 tiles -> (B, 3, H, W) float32 (flows / flow_scale, logit);
+    H, W multiples of 32."""
+    tiles = np.ascontiguousarray(tiles, dtype=np.float32)
+    x = torch.from_numpy(tiles[:, None] if tiles.ndim == 3 else tiles).to(device)
     _keep_threads()
     with torch.inference_mode():
         y = _forward_tta(model, x, tta)
-    if y.ndim != 4 or y.shape[1] != 3 or tuple(y.shape[2:]) != tuple(tiles.shape[1:]):
+    if y.ndim != 4 or y.shape[1] != 3 or tuple(y.shape[2:]) != tuple(tiles.shape[-2:]):
         raise ValueError(f"model output {tuple(y.shape)} for input {tuple(x.shape)}: expected (B, 3, H, W)")
     y = y.cpu().numpy()
     y[:, :2] /= flow_scale
@@ -256,9 +259,9 @@ def run_batch(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, t
 
 
 def constant_tiles(tiles: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(B,) bool: which (B, H, W) tiles hold one value over their valid (h, w) top-left part (`valid`,
-    (B, 2); the rest is the zero padding of the slice's edge): empty background."""
-    return np.array([t[:h, :w].min() == t[:h, :w].max() for t, (h, w) in zip(tiles, valid)], dtype=bool)
+    """(B,) bool: which (B, [C,] H, W) tiles hold one value (in every channel) over their valid (h, w)
+    top-left part (`valid`, (B, 2); the rest is the zero padding of the slice's edge): empty background."""
+    return np.array([t[..., :h, :w].min() == t[..., :h, :w].max() for t, (h, w) in zip(tiles, valid)], dtype=bool)
 
 
 @dataclass
@@ -273,19 +276,20 @@ class ConstantTiles:
 def predict_tiles(model: torch.nn.Module, tiles: np.ndarray, device: torch.device, tta: bool = False,
                   flow_scale: float = FLOW_SCALE, constant: ConstantTiles | None = None,
                   valid: np.ndarray | None = None) -> np.ndarray:
-    """`run_batch` for (B, H, W) tiles -> (B, 3, H, W), except that a constant tile (one value over its
+    """`run_batch` for (B, [C,] H, W) tiles -> (B, 3, H, W), except that a constant tile (one value over its
     valid part `valid` (B, 2), zero padding beyond; default: all valid) is not run again: its
     prediction, the same for every tile of that value and geometry, is computed once and kept in
     `constant` (None: every tile is run)."""
     if constant is None:
         return run_batch(model, tiles, device, tta, flow_scale)
-    valid = np.tile(tiles.shape[1:], (len(tiles), 1)) if valid is None else np.asarray(valid)
+    plane = tiles.shape[-2:]
+    valid = np.tile(plane, (len(tiles), 1)) if valid is None else np.asarray(valid)
     same = constant_tiles(tiles, valid)
-    out = np.empty((len(tiles), 3, *tiles.shape[1:]), dtype=np.float32)
+    out = np.empty((len(tiles), 3, *plane), dtype=np.float32)
     if not same.all():
         out[~same] = run_batch(model, tiles[~same], device, tta, flow_scale)
     for k in np.flatnonzero(same):
-        key = (float(tiles[k, 0, 0]), *map(int, valid[k]), *tiles.shape[1:])
+        key = (float(tiles[k].flat[0]), *map(int, valid[k]), *tiles.shape[1:])
         if key in constant.predictions:
             constant.reused += 1
         else:
@@ -298,17 +302,20 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, tile: int = _DEFA
                    overlap: float = _DEFAULT.overlap, batch: int = _DEFAULT.batch, tta: bool = False,
                    device: torch.device | str = "cpu", progress: tqdm | None = None,
                    flow_scale: float = FLOW_SCALE, constant: ConstantTiles | None = None) -> np.ndarray:
-    """Network prediction for a stack of 2D slices (N, H, W) float32 -> (N, 3, H, W) float32
-    (flow_row, flow_col unit-scale; logit). Tiles of all slices are batched `batch` at a time;
-    given `constant` (kept across calls), constant tiles reuse one prediction (`predict_tiles`)."""
+    """Network prediction for a stack of 2D slices (N, H, W) float32, or (N, C, H, W) for a network
+    taking C input planes per slice -> (N, 3, H, W) float32 (flow_row, flow_col unit-scale; logit).
+    Tiles of all slices are batched `batch` at a time; given `constant` (kept across calls), constant
+    tiles reuse one prediction (`predict_tiles`)."""
     slices = np.asarray(slices, dtype=np.float32)
-    if slices.ndim != 3:
-        raise ValueError(f"predict_slices expects (N, H, W), got shape {slices.shape}")
+    if slices.ndim == 3:
+        slices = slices[:, None]
+    if slices.ndim != 4:
+        raise ValueError(f"predict_slices expects (N, H, W) or (N, C, H, W), got shape {slices.shape}")
     device = resolve_device(device)
-    n, height, width = slices.shape
+    n, channels, height, width = slices.shape
     tile_h, tile_w, pad_h, pad_w, starts_h, starts_w = plane_tiling(height, width, tile, overlap)
-    padded = np.zeros((n, pad_h, pad_w), dtype=np.float32)
-    padded[:, :height, :width] = slices
+    padded = np.zeros((n, channels, pad_h, pad_w), dtype=np.float32)
+    padded[..., :height, :width] = slices
     weight = importance_map(tile_h, tile_w, len(starts_h) > 1, len(starts_w) > 1)
     weight_sum = np.zeros((pad_h, pad_w), dtype=np.float32)
     for i in starts_h:
@@ -318,7 +325,7 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, tile: int = _DEFA
     jobs = [(k, i, j) for k in range(n) for i in starts_h for j in starts_w]
     for b0 in range(0, len(jobs), batch):
         chunk = jobs[b0:b0 + batch]
-        tiles = np.stack([padded[k, i:i + tile_h, j:j + tile_w] for k, i, j in chunk])
+        tiles = np.stack([padded[k, :, i:i + tile_h, j:j + tile_w] for k, i, j in chunk])
         valid = [(min(tile_h, height - i), min(tile_w, width - j)) for _, i, j in chunk]
         pred = predict_tiles(model, tiles, device, tta, flow_scale, constant, valid)
         for (k, i, j), p in zip(chunk, pred):
@@ -331,6 +338,25 @@ def predict_slices(model: torch.nn.Module, slices: np.ndarray, tile: int = _DEFA
 
 # ---------------------------------------------------------------------------------------------
 # streaming views
+
+
+def context_stack(planes: np.ndarray, first: int, start: int, stop: int, length: int, context: int) -> np.ndarray:
+    """Network input of the slices start..stop-1 along an axis of `length` planes: (N, H, W) when
+    `context` is 0, else (N, 3, H, W) = the planes at k - context, k, k + context (clamped to the
+    volume, so an edge plane stands in for the planes beyond it). `planes` (M, H, W) holds the planes
+    first..first+M-1 of that axis and must cover every index asked for."""
+    if not context:
+        return np.asarray(planes[start - first:stop - first], dtype=np.float32)
+    k = np.arange(start, stop)
+    rows = np.stack([np.clip(k - context, 0, length - 1), k, np.clip(k + context, 0, length - 1)], axis=1)
+    if rows.min() < first or rows.max() >= first + len(planes):
+        raise ValueError(f"planes {first}..{first + len(planes) - 1} do not cover the context of {start}..{stop - 1}")
+    return np.asarray(planes[rows - first], dtype=np.float32)
+
+
+def _context_bounds(start: int, stop: int, length: int, context: int) -> tuple[int, int]:
+    """The planes to read for slices start..stop-1 with their context planes (clamped to the volume)."""
+    return max(0, start - context), min(length, stop + context)
 
 
 def _slab_index(axis: int, start: int, stop: int) -> tuple[slice, ...]:
@@ -349,6 +375,8 @@ def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = 
 
     The volume is read and `out` written one slab of slices at a time (<= `slab_voxels` input
     voxels, thickness aligned to `out`'s chunks when it has them), so memory is bounded by one slab.
+    A 2.5D network (`mediar3d.model.context_of` > 0) gets each slice with its neighbour planes
+    (`context_stack`), read as a halo around the slab.
     """
     if view not in VIEW_AXIS:
         raise ValueError(f"unknown view {view!r}: choose from {VIEWS}")
@@ -357,6 +385,7 @@ def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = 
     from mediar3d.io import store
 
     axis = VIEW_AXIS[view]
+    context, length = context_of(model), int(volume.shape[axis])
     plane = int(np.prod([s for a, s in enumerate(volume.shape) if a != axis]))
     align = int(out.chunks[1 + axis]) if hasattr(out, "chunks") else 1
     bounds = slab_bounds(volume.shape[axis], plane, slab_voxels, align)
@@ -365,7 +394,9 @@ def predict_view(model: torch.nn.Module, volume, view: str, out, *, tile: int = 
     with bar:
         for start, stop in bounds:
             index = _slab_index(axis, start, stop)
-            slab = np.moveaxis(store.read(volume, index).astype(np.float32, copy=False), axis, 0)
+            lo, hi = _context_bounds(start, stop, length, context)
+            planes = np.moveaxis(store.read(volume, _slab_index(axis, lo, hi)).astype(np.float32, copy=False), axis, 0)
+            slab = context_stack(planes, lo, start, stop, length, context)
             pred = predict_slices(model, slab, tile, overlap, batch, tta, device, progress=bar, flow_scale=flow_scale,
                                   constant=constant)
             out[(slice(None),) + index] = np.moveaxis(pred.transpose(1, 0, 2, 3), 1, 1 + axis)

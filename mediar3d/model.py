@@ -1,17 +1,19 @@
 """The MEDIAR network (2D) and its checkpoint format.
 
 Network: segmentation_models_pytorch `MAnet` with a SegFormer Mix-Transformer encoder (`mit_b0` ...
-`mit_b5`, no pretrained weights), single-channel input, every ReLU of the decoder (and encoder)
+`mit_b5`, no pretrained weights), 1 input channel (the slice) or 3 (2.5D: the slice between its
+neighbours `context_px` iso voxels below and above it along the slice normal), every ReLU of the decoder (and encoder)
 replaced by Mish, the MAnet segmentation head removed and two separate heads added as MEDIAR does:
 `gradflow_head` (2 channels: flow along rows, flow along columns) and `cellprob_head` (1 channel:
-cell-probability logit). `forward(x)` maps (B, 1, H, W) to (B, 3, H, W) =
+cell-probability logit). `forward(x)` maps (B, C, H, W) to (B, 3, H, W) =
 (flow_row, flow_col, prob_logit); flows are in training scale (unit flows x `FLOW_SCALE`).
 H and W must be multiples of `SIZE_MULTIPLE` (32): see `pad_to_multiple`.
 
 Module and parameter names follow MEDIAR's published `MEDIARFormer` (an smp MAnet subclass with
 `encoder.*`, `decoder.*`, `cellprob_head.{0,2,3}.*`, `gradflow_head.{0,2,3}.*`), so a MEDIAR
 checkpoint of the same encoder and decoder configuration (`decoder="mediar"`) loads with
-`load_mediar_state_dict` (strict): its 3-channel stem is summed over input channels.
+`load_mediar_state_dict` (strict): its 3-channel stem is summed over input channels. A 1-channel
+stem loads into a 2.5D network as its centre channel (`expand_stem`), so it starts as the 2D one.
 
 Checkpoint: one file (torch.save of plain containers, loadable with `weights_only=True`) holding
 the weights (float16 by default, to ship small files) and the metadata needed to use them.
@@ -51,6 +53,8 @@ CHECKPOINT_FORMAT = "mediar3d-checkpoint"
 CHECKPOINT_VERSION = 1
 #: stem convolution (first layer of the encoder): MEDIAR's has 3 input channels, ours 1
 STEM_KEY = "encoder.patch_embed1.proj.weight"
+#: input channels a network may take: 1 (the slice) or 3 (2.5D: the slice and its two neighbours)
+IN_CHANNELS: tuple[int, ...] = (1, 3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,18 +99,21 @@ def _manet_class():
 class MediarNet(nn.Module):
     """MEDIAR: MAnet (Mix-Transformer encoder) with separate flow and probability heads.
 
-    forward: float (B, 1, H, W), H and W multiples of 32 -> float (B, 3, H, W) =
-    (flow_row, flow_col, prob_logit), flows scaled by FLOW_SCALE.
+    forward: float (B, in_channels, H, W), H and W multiples of 32 -> float (B, 3, H, W) =
+    (flow_row, flow_col, prob_logit), flows scaled by FLOW_SCALE. With 3 input channels (2.5D) the
+    channels are the planes at -context_px, 0, +context_px along the slice normal (iso voxels).
     """
 
-    def __init__(self, encoder: str = "mit_b0", decoder: str = "small"):
+    def __init__(self, encoder: str = "mit_b0", decoder: str = "small", in_channels: int = 1,
+                 context_px: int = 0):
         super().__init__()
+        check_context(in_channels, context_px)
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
         channels, pab = DECODERS[decoder]
-        manet = _manet_class()(encoder_name=encoder, encoder_weights=None, in_channels=1, classes=3,
+        manet = _manet_class()(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=3,
                                decoder_channels=channels, decoder_pab_channels=pab)
         self.encoder = manet.encoder
         self.decoder = manet.decoder
@@ -116,10 +123,11 @@ class MediarNet(nn.Module):
         self.gradflow_head = PredictionHead(channels[-1], 2)
         self.encoder_name = encoder
         self.decoder_name = decoder
+        self.in_channels, self.context_px = int(in_channels), int(context_px)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"expected input (B, 1, H, W), got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[-2] % SIZE_MULTIPLE or x.shape[-1] % SIZE_MULTIPLE:
             raise ValueError(f"input H, W {tuple(x.shape[-2:])} must be multiples of {SIZE_MULTIPLE}: use pad_to_multiple")
         features = self.encoder(x)
@@ -135,9 +143,43 @@ def _decoder_takes_list(decoder: nn.Module) -> bool:
     return not (params and params[0].kind == inspect.Parameter.VAR_POSITIONAL)
 
 
-def build_model(encoder: str = "mit_b0", decoder: str = "small") -> MediarNet:
-    """A freshly initialized MEDIAR network (random weights; nothing is downloaded)."""
-    return MediarNet(encoder=encoder, decoder=decoder)
+def check_context(in_channels: int, context_px: int) -> None:
+    """ValueError unless (1 channel, no context) or (3 channels, context_px >= 1 iso voxels)."""
+    if in_channels not in IN_CHANNELS:
+        raise ValueError(f"in_channels must be one of {IN_CHANNELS}, got {in_channels}")
+    if (in_channels == 3) != (int(context_px) >= 1) or int(context_px) < 0:
+        raise ValueError(f"a 3-channel (2.5D) network needs context_px >= 1 and a 1-channel one 0, "
+                         f"got in_channels {in_channels}, context_px {context_px}")
+
+
+def build_model(encoder: str = "mit_b0", decoder: str = "small", context_px: int = 0) -> MediarNet:
+    """A freshly initialized MEDIAR network (random weights; nothing is downloaded): 1 input channel,
+    or 3 (2.5D) when `context_px` (distance of the neighbour planes, iso voxels) is >= 1."""
+    return MediarNet(encoder=encoder, decoder=decoder, in_channels=3 if context_px else 1, context_px=context_px)
+
+
+def context_of(module: nn.Module) -> int:
+    """The neighbour-plane distance (iso voxels) a network's input takes: 0 for a 2D (1-channel)
+    network; ValueError when the members of an ensemble disagree."""
+    found = {int(getattr(m, "context_px", 0)) for m in module.modules() if hasattr(m, "context_px")}
+    if len(found) > 1:
+        raise ValueError(f"networks with different context planes {sorted(found)} cannot be run together")
+    return found.pop() if found else 0
+
+
+def expand_stem(state: Mapping[str, torch.Tensor], in_channels: int) -> dict[str, torch.Tensor]:
+    """`state` with a 1-channel stem widened to `in_channels`: the old weights on the centre channel,
+    zeros on the neighbours, so the widened network computes what the 1-channel one did."""
+    state = dict(state)
+    stem = state.get(STEM_KEY)
+    if stem is None or stem.ndim != 4 or stem.shape[1] == in_channels:
+        return state
+    if stem.shape[1] != 1:
+        raise ValueError(f"cannot widen a {stem.shape[1]}-channel stem to {in_channels} channels")
+    wide = torch.zeros((stem.shape[0], in_channels, *stem.shape[2:]), dtype=stem.dtype)
+    wide[:, in_channels // 2] = stem[:, 0]
+    state[STEM_KEY] = wide
+    return state
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -190,7 +232,7 @@ def mediar_to_mediar3d_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
 def load_mediar_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load MEDIAR weights into `model` (strict: every key and shape must match). Returns `model`."""
     own = model.state_dict()
-    mapped = mediar_to_mediar3d_keys(state_dict)
+    mapped = expand_stem(mediar_to_mediar3d_keys(state_dict), getattr(model, "in_channels", 1))
     wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in mapped.items()
              if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if wrong:
@@ -203,7 +245,7 @@ def load_mediar_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 # mediar3d checkpoints
 
 
-def default_meta(encoder: str = "mit_b0", decoder: str = "small") -> dict[str, Any]:
+def default_meta(encoder: str = "mit_b0", decoder: str = "small", context_px: int = 0) -> dict[str, Any]:
     """Metadata every checkpoint carries (training code fills in the data-dependent fields)."""
     from mediar3d import __version__
     from mediar3d.resample import DEFAULT_PERCENTILES
@@ -214,7 +256,8 @@ def default_meta(encoder: str = "mit_b0", decoder: str = "small") -> dict[str, A
         "decoder": decoder,
         "decoder_channels": list(channels),
         "decoder_pab_channels": pab,
-        "in_channels": 1,
+        "in_channels": 3 if context_px else 1,
+        "context_px": int(context_px),
         "outputs": ["flow_row", "flow_col", "prob_logit"],
         "flow_scale": FLOW_SCALE,
         "norm_percentiles": [float(p) for p in DEFAULT_PERCENTILES],
@@ -236,9 +279,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: Mapping[str
 
     encoder = getattr(model, "encoder_name", "mit_b0")
     decoder = getattr(model, "decoder_name", "small")
-    full_meta = default_meta(encoder, decoder)
+    context = int(getattr(model, "context_px", 0))
+    full_meta = default_meta(encoder, decoder, context)
     full_meta.update(to_jsonable(dict(meta or {})))
     full_meta["encoder"], full_meta["decoder"] = encoder, decoder
+    full_meta["in_channels"], full_meta["context_px"] = (3 if context else 1), context
     full_meta["weights_dtype"] = "float16" if half else "float32"
     state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu().clone())
              for k, v in model.state_dict().items()}
@@ -304,7 +349,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     payload = read_checkpoint(path, "cpu")
     meta = dict(payload["meta"])
     try:
-        model = build_model(meta.get("encoder", "mit_b0"), meta.get("decoder", "small"))
+        model = build_model(meta.get("encoder", "mit_b0"), meta.get("decoder", "small"), int(meta.get("context_px") or 0))
         own = model.state_dict()
         state = {k: v.to(own[k].dtype) if k in own else v for k, v in payload["state_dict"].items()}
         model.load_state_dict(state, strict=True)

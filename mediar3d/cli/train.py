@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
     parser.add_argument("--diameter-px", type=float, default=d.train_diameter_px,
                         help=f"object diameter (px) volumes are rescaled to before slicing (default {d.train_diameter_px})")
+    parser.add_argument("--context-px", type=int, default=d.context_px, metavar="PX",
+                        help="2.5D input: also give the network the planes PX iso voxels below and above each "
+                             "slice (3 input channels; --init with a 1-channel model puts it on the centre plane). "
+                             f"0 = 2D input (default {d.context_px})")
     parser.add_argument("--max-slices-per-view", type=int, default=d.max_slices_per_view,
                         help=f"slices with objects kept per view and volume (default {d.max_slices_per_view})")
     parser.add_argument("--val-slices-per-view", type=int, default=d.val_slices_per_view,
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                              val_slices_per_view=args.val_slices_per_view,
                              half_weights=not args.fp32_weights, max_minutes=args.max_minutes,
                              init_checkpoint=str(args.init) if args.init else None,
-                             stop_epoch=args.stop_epoch)
+                             stop_epoch=args.stop_epoch, context_px=args.context_px)
     except ValueError as exc:
         from mediar3d.errors import ConfigError
 

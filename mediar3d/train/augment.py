@@ -1,6 +1,7 @@
 """Augmentation of training crops: scale jitter, flips and 90 degree rotations (flow vectors
-transformed with the image), anisotropic blur, intensity contrast, gamma and noise; `CropSampler`
-draws batches of (image (B, 1, H, W), flows (B, 2, H, W), foreground (B, 1, H, W))."""
+transformed with the image), anisotropic blur, intensity contrast, gamma and noise, and for 2.5D
+input the mirror along the slice normal (context planes swapped); `CropSampler` draws batches of
+(image (B, C, H, W), flows (B, 2, H, W), foreground (B, 1, H, W)), C = 1 or 3 (2.5D)."""
 
 from __future__ import annotations
 
@@ -34,16 +35,17 @@ def rot90_flows(flows: np.ndarray, k: int) -> np.ndarray:
 
 
 def anisotropic_blur(image: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
-    """Simulate a slice of upsampled anisotropic data: (H, W) image downsampled by `factor` along
-    `axis` (area average) and linearly upsampled back."""
-    h, w = image.shape
+    """Simulate a slice of upsampled anisotropic data: (H, W) or (C, H, W) image downsampled by
+    `factor` along image `axis` (0 rows, 1 columns; area average) and linearly upsampled back."""
+    h, w = image.shape[-2:]
     small = (max(1, round(h / factor)), w) if axis == 0 else (h, max(1, round(w / factor)))
-    x = F.interpolate(image[None, None], size=small, mode="area")
-    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    x = F.interpolate(image.reshape(1, -1, h, w), size=small, mode="area")
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).reshape(image.shape)
 
 
 def intensity_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Random contrast/brightness, gamma and Gaussian noise of a normalized image."""
+    """Random contrast/brightness, gamma, blur and Gaussian noise of a normalized (C, H, W) image (the
+    same contrast, gamma and blur on every channel, independent noise)."""
     image = image * float(rng.uniform(0.7, 1.3)) + float(rng.uniform(-0.1, 0.1))
     if rng.random() < 0.5:
         gamma = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
@@ -53,10 +55,10 @@ def intensity_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.Te
         radius = max(1, int(2 * sigma + 0.5))
         taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
         taps = taps / taps.sum()
-        x = image[None, None]
+        x = image[:, None]
         x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
         x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), taps.view(1, 1, -1, 1))
-        image = x[0, 0]
+        image = x[:, 0]
     if rng.random() < 0.7:
         image = image + float(rng.uniform(0.0, 0.12)) * torch.randn(image.shape, generator=_torch_gen(rng))
     return image
@@ -93,31 +95,36 @@ def _window(array: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
 
 
 def augmented_crop(sample: SliceSample, config: TrainConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """One training example: image (1, c, c), target flows x FLOW_SCALE (2, c, c), foreground (1, c, c)."""
+    """One training example: image (C, c, c) (C = 1, or 3 with context planes), target flows x
+    FLOW_SCALE (2, c, c), foreground (1, c, c)."""
     c = config.crop
+    planes = sample.image if sample.image.ndim == 3 else sample.image[None]
+    n = len(planes)
     lo, hi = config.scale_range
     scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # output px per slice px
     size = max(8, int(round(c / scale)))
     top, left = _crop_window(sample, size, rng)
-    stack = np.concatenate([_window(sample.image, top, left, size)[None],
+    stack = np.concatenate([_window(planes, top, left, size),
                             _window(sample.flows, top, left, size),
                             (_window(sample.labels, top, left, size) > 0)[None].astype(np.float32)])
     if size != c:
         t = torch.from_numpy(stack)[None]
         stack = F.interpolate(t, size=(c, c), mode="bilinear", align_corners=False, antialias=size > c)[0].numpy()
-    image, flows, fg = stack[0], stack[1:3], (stack[3] > 0.5).astype(np.float32)
+    image, flows, fg = stack[:n], stack[n:n + 2], (stack[n + 2] > 0.5).astype(np.float32)
     for axis in (0, 1):
         if rng.random() < 0.5:
-            image, fg, flows = np.flip(image, axis), np.flip(fg, axis), flip_flows(flows, axis)
+            image, fg, flows = np.flip(image, axis + 1), np.flip(fg, axis), flip_flows(flows, axis)
     k = int(rng.integers(4))
     if k:
-        image, fg, flows = np.rot90(image, k), np.rot90(fg, k), rot90_flows(flows, k)
+        image, fg, flows = np.rot90(image, k, axes=(1, 2)), np.rot90(fg, k), rot90_flows(flows, k)
+    if n > 1 and rng.random() < 0.5:
+        image = image[::-1]  # mirrored along the slice normal: the in-plane targets do not change
     flows = flows * (fg[None] > 0)  # interpolation leaks flows past the object edge
     img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     if rng.random() < config.aniso_blur_prob:
         img = anisotropic_blur(img, int(rng.integers(2)), float(rng.uniform(1.5, config.aniso_factor_max)))
     img = intensity_augment(img, rng)
-    return (img.numpy()[None].astype(np.float32), (flows * FLOW_SCALE).astype(np.float32),
+    return (img.numpy().astype(np.float32), (flows * FLOW_SCALE).astype(np.float32),
             np.ascontiguousarray(fg[None], dtype=np.float32))
 
 
@@ -133,7 +140,7 @@ class CropSampler:
         self.rng = np.random.default_rng(seed)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(images (B, 1, c, c), target flows (B, 2, c, c) x FLOW_SCALE, foreground (B, 1, c, c))."""
+        """(images (B, C, c, c), target flows (B, 2, c, c) x FLOW_SCALE, foreground (B, 1, c, c))."""
         items = []
         for _ in range(self.config.batch):
             pool = self.pools[self.views[int(self.rng.integers(len(self.views)))]]

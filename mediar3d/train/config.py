@@ -40,11 +40,15 @@ class TrainConfig:
     max_minutes: float | None = None
     init_checkpoint: str | None = None
     stop_epoch: int | None = None
+    #: 2.5D input: neighbour planes this many iso voxels below and above each slice (0: 1-channel 2D input)
+    context_px: int = 0
 
     def __post_init__(self):
         if self.crop % 32:
             raise ValueError(f"crop must be a multiple of 32, got {self.crop}")
         if self.batch < 1 or self.epochs < 1 or self.steps_per_epoch < 1 or self.val_slices_per_view < 1:
             raise ValueError("batch, epochs, steps_per_epoch and val_slices_per_view must be >= 1")
+        if self.context_px < 0:
+            raise ValueError(f"context_px must be >= 0, got {self.context_px}")
         self.percentiles = tuple(float(p) for p in self.percentiles)
         self.scale_range = tuple(float(s) for s in self.scale_range)

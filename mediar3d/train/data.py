@@ -1,6 +1,7 @@
 """Training data: annotated CTC volumes -> isotropic volumes rescaled to the training diameter ->
 2D slices of the three views with their flow targets, cached in memory and on disk (npz per volume).
-Images (Z, Y, X) float32 normalized; slices (H, W); flows (2, H, W) unit-scale."""
+Images (Z, Y, X) float32 normalized; slices (H, W), or (3, H, W) with 2.5D context planes; flows
+(2, H, W) unit-scale."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ CACHE_VERSION = 1
 
 @dataclass
 class SliceSample:
-    """One 2D slice of one view: image float16 (H, W), unit flows float16 (2, H, W), labels int32 (H, W)."""
+    """One 2D slice of one view: image float16 (H, W) (or (3, H, W): the slice between its context
+    planes), unit flows float16 (2, H, W), labels int32 (H, W)."""
 
     view: str
     image: np.ndarray
@@ -102,8 +104,21 @@ def choose_slices(labels: np.ndarray, view: str, max_slices: int) -> list[int]:
     return occupied[np.unique(pick)].tolist()
 
 
-def volume_slices(image: np.ndarray, labels: np.ndarray, max_slices_per_view: int, source: str = "") -> list[SliceSample]:
-    """SliceSamples (with flow targets) of the three views of an iso (Z, Y, X) volume."""
+def slice_input(image: np.ndarray, view: str, index: int, context_px: int = 0) -> np.ndarray:
+    """The network input of slice `index` of `view` of an iso (Z, Y, X) volume: (H, W), or with
+    `context_px` (3, H, W) built as inference builds it (`mediar3d.infer.context_stack`)."""
+    from mediar3d.infer import context_stack
+
+    if not context_px:
+        return np.ascontiguousarray(slice_view(image, view, index))
+    planes = np.moveaxis(image, view_axis(view), 0)  # a view: only the 3 planes used are copied
+    return context_stack(planes, 0, index, index + 1, len(planes), context_px)[0]
+
+
+def volume_slices(image: np.ndarray, labels: np.ndarray, max_slices_per_view: int, source: str = "",
+                  context_px: int = 0) -> list[SliceSample]:
+    """SliceSamples (with flow targets) of the three views of an iso (Z, Y, X) volume; with
+    `context_px` each image carries its neighbour planes (`slice_input`)."""
     from mediar3d.flows import labels_to_flows_2d
 
     samples = []
@@ -111,7 +126,7 @@ def volume_slices(image: np.ndarray, labels: np.ndarray, max_slices_per_view: in
         for index in choose_slices(labels, view, max_slices_per_view):
             lab = np.ascontiguousarray(slice_view(labels, view, index))
             flows = np.asarray(labels_to_flows_2d(lab), dtype=np.float32)
-            samples.append(SliceSample(view, np.ascontiguousarray(slice_view(image, view, index)).astype(np.float16),
+            samples.append(SliceSample(view, slice_input(image, view, index, context_px).astype(np.float16),
                                        flows.astype(np.float16), lab, f"{source}:{view}{index}"))
     return samples
 
@@ -123,6 +138,8 @@ def _cache_key(record: VolumeRecord, config: TrainConfig) -> str:
         parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
     parts.append(f"{config.train_diameter_px}:{config.percentiles}:{config.max_slices_per_view}:{record.voxel_size}")
     parts.append(f"v{CACHE_VERSION}:{_flows_identity()}")
+    if config.context_px:  # 1-channel caches keep their key
+        parts.append(f"context{config.context_px}")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:20]
 
 
@@ -173,7 +190,7 @@ def prepare_volume(record: VolumeRecord, config: TrainConfig, cache_dir: Path | 
     if labels.max() == 0:
         raise InputError(record.gt, "ground truth has no object")
     iso, lab, iso_um = iso_volume(image, labels, record.voxel_size, config.train_diameter_px, config.percentiles)
-    samples = volume_slices(iso, lab, config.max_slices_per_view, source=f"{record.frame}")
+    samples = volume_slices(iso, lab, config.max_slices_per_view, source=f"{record.frame}", context_px=config.context_px)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         _save_cache(cache, samples, iso_um)

@@ -52,7 +52,7 @@ def centre_crop(sample: SliceSample, size: int) -> SliceSample:
     h, w = sample.labels.shape
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
     win = np.s_[top:top + size, left:left + size]
-    return SliceSample(sample.view, sample.image[win], sample.flows[(slice(None),) + win], sample.labels[win],
+    return SliceSample(sample.view, sample.image[(Ellipsis,) + win], sample.flows[(slice(None),) + win], sample.labels[win],
                        sample.source)
 
 
@@ -69,7 +69,8 @@ def validation_slices(samples: Sequence[SliceSample], per_view: int, size: int, 
 
 
 def predict_slice(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    """Network output (3, H, W) (flows x FLOW_SCALE, logit) for one 2D image of any size, through the
+    """Network output (3, H, W) (flows x FLOW_SCALE, logit) for one 2D image (H, W) of any size (or
+    (C, H, W) with context planes), through the
     pipeline's own tiled inference (`mediar3d.infer.predict_slices`), so validation scores what
     inference will produce."""
     from mediar3d.infer import predict_slices
@@ -231,8 +232,9 @@ def data_summary(records: Sequence[VolumeRecord], samples: Sequence[SliceSample]
 
 
 def _init_weights(path: str | os.PathLike, model: torch.nn.Module) -> dict:
-    """float32 state dict of a mediar3d checkpoint (same encoder/decoder as `model`) to start from."""
-    from mediar3d.model import read_checkpoint
+    """float32 state dict of a mediar3d checkpoint (same encoder/decoder as `model`) to start from; a
+    1-channel checkpoint starts a 2.5D network with its weights on the centre plane (`expand_stem`)."""
+    from mediar3d.model import expand_stem, read_checkpoint
 
     payload = read_checkpoint(path)
     meta = payload["meta"]
@@ -240,7 +242,11 @@ def _init_weights(path: str | os.PathLike, model: torch.nn.Module) -> dict:
         raise InputError(path, f"initial checkpoint is {meta.get('encoder')}/{meta.get('decoder')}, "
                                f"training {model.encoder_name}/{model.decoder_name}")
     own = model.state_dict()
-    return {k: v.to(own[k].dtype) if k in own else v for k, v in payload["state_dict"].items()}
+    try:
+        state = expand_stem(payload["state_dict"], model.in_channels)
+    except ValueError as exc:
+        raise InputError(path, f"initial checkpoint does not fit: {exc}") from exc
+    return {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
 
 
 def split_validation(records: list[VolumeRecord], val_records: list[VolumeRecord] | None) -> tuple[list, list]:
@@ -277,7 +283,7 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
     log.info("training on %d slices of %d volumes (%s), validating on %d slices, device %s", len(samples),
              len(records), {v: sum(s.view == v for s in samples) for v in VIEWS}, len(val_slices), dev)
 
-    model = build_model(config.encoder, config.decoder)
+    model = build_model(config.encoder, config.decoder, config.context_px)
     if config.init_checkpoint:
         model.load_state_dict(_init_weights(config.init_checkpoint, model), strict=True)
         log.info("initialized weights from %s", config.init_checkpoint)
@@ -369,7 +375,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, dataset_dirs: Sequence[st
     model, meta = load_checkpoint(checkpoint, dev)
     config = TrainConfig(train_diameter_px=float(meta.get("train_diameter_px") or TrainConfig.train_diameter_px),
                          percentiles=tuple(meta.get("norm_percentiles") or TrainConfig.percentiles),
-                         max_slices_per_view=slices_per_view)
+                         max_slices_per_view=slices_per_view, context_px=int(meta.get("context_px") or 0))
     records = find_volumes(dataset_dirs)
     samples, _ = prepare_slices(records, config, None, progress)
     per_view = {v: {"ap": [], "loss": []} for v in VIEWS}
