@@ -21,6 +21,7 @@ rule train:
                                        option("--batch", TRAIN["batch"]), option("--crop", TRAIN["crop"]),
                                        option("--init", TRAIN["init"]), option("--lr", TRAIN["lr"]),
                                        option("--diameter-px", TRAIN["diameter_px"]),
+                                       option("--context-px", TRAIN["context_px"] or None),
                                        option("--max-minutes", TRAIN["max_minutes"])])),
     log:
         f"{LOGS}/train/train.log",
