@@ -5,6 +5,7 @@
 #   bash bench/train_default.sh                   # data and intermediate models under bench/out/ (git-ignored)
 #   OUT=/tmp/m.pt bash bench/train_default.sh
 #   FROM_STAGE=3 bash bench/train_default.sh      # stage 3 only, from the stage-2 weights kept in git history
+#   FROM_STAGE=5 bash bench/train_default.sh   # the shipped stage 5 (2.5D) from stage 4 (15 min idle)
 #
 # Three stages. Stages 1-2 predate mediar3d.synthetic and half of mediar3d.flows: they trained on the
 # random ellipsoid-nuclei volumes written by the generator below (seeds 2000-2020 for training, 2900
@@ -214,12 +215,12 @@ else
   git show "${STAGE4_COMMIT:-4829de9}":models/mediar3d_default.pt > "$WORK/stage4.pt"
 fi
 
-# stage 5 (FROM_STAGE=5): 2.5D input. The network also sees the planes CONTEXT_PX (4) iso voxels below and above
+# stage 5 (FROM_STAGE=5): 2.5D input. The network also sees the planes CONTEXT_PX (6) iso voxels below and above
 # each slice; its stem starts from stage 4's with the old weights on the centre plane and zeros on the
 # neighbours, so it starts exactly where stage 4 is. Same data as stage 4.
 if [ "${FROM_STAGE:-1}" -ge 5 ]; then
   "$PY" -m mediar3d train --data $stage4_data --val-data $val4 --out "$WORK/stage5.pt" --init "$WORK/stage4.pt" \
-    --context-px "${CONTEXT_PX:-4}" --epochs ${STAGE5_EPOCHS:-12} --steps-per-epoch 150 --lr 2e-4 \
+    --context-px "${CONTEXT_PX:-6}" --epochs ${STAGE5_EPOCHS:-12} --steps-per-epoch 150 --lr 2e-4 \
     --val-slices-per-view 8 --cache "$WORK/cache5" "${common[@]}"
   "$PY" -c "from mediar3d.model import read_checkpoint, update_checkpoint_meta as u; import sys; \
 u(sys.argv[2], {'prob_threshold': read_checkpoint(sys.argv[1])['meta']['prob_threshold']})" "$WORK/stage4.pt" "$WORK/stage5.pt"
