@@ -133,8 +133,8 @@ def onnx_runners(net: torch.nn.Module, x: torch.Tensor, work: Path) -> dict:
 
 
 def forward_section(repeat: int, compile_net: bool, work: Path) -> tuple[list[dict], float | None]:
-    x = torch.randn(8, 1, 256, 256, generator=torch.Generator().manual_seed(0))
     plain, _ = load_checkpoint(MODEL, torch.device("cpu"))
+    x = torch.randn(8, plain.in_channels, 256, 256, generator=torch.Generator().manual_seed(0))
     plain = plain.eval()
     runners, outputs = {}, {}
     for name, precision, channels_last in ENGINES:
