@@ -50,7 +50,7 @@ def test_bad_precision_setting_is_a_config_error():
 
 def test_channels_last_fp32_is_plain_fp32(plain_net):
     net, _ = plain_net
-    x = torch.rand(2, 1, 64, 96, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, net.in_channels, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         plain = net(x).numpy()
         fast = for_inference(load_checkpoint(DEFAULT_MODEL, CPU)[0], CPU, "fp32")(x).numpy()
@@ -61,7 +61,7 @@ def test_bf16_runs_close_to_fp32(plain_net):
     """bf16 autocast runs on any CPU (emulated without AMX) and stays near fp32: the SEG effect is
     measured by bench/bench_infer_engines.py."""
     net, _ = plain_net
-    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(2, net.in_channels, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         plain = net(x)
         bf16 = InferenceNetwork(net, "bf16")(x)
