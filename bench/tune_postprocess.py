@@ -44,12 +44,13 @@ THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 MIN_FRACTIONS = (0.05, 0.1, 0.15, 0.25)
 
 
-def iso_of(image, voxel, model, meta) -> np.ndarray:
-    """The normalized iso volume the network sees (diameter estimated), as the pipeline builds it."""
+def iso_of(image, voxel, model, meta, work_px: float | None = None) -> np.ndarray:
+    """The normalized iso volume the network sees (diameter estimated), as the pipeline builds it:
+    objects at the training diameter, or `work_px` iso voxels wide when given."""
     train_px = float(meta["train_diameter_px"])
     norm = percentile_range(image, meta["norm_percentiles"])
     diameter = choose_diameter(image, voxel, "auto", model=model, train_diameter_px=train_px, norm_range=norm)
-    return resample_to_iso(image, zoom_factors(voxel, diameter, train_px), norm_range=norm)
+    return resample_to_iso(image, zoom_factors(voxel, diameter, work_px or train_px), norm_range=norm)
 
 
 def field_of(image, voxel, model, meta, iso: np.ndarray | None = None):
