@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mediar3d.model import FLOW_SCALE, build_model, load_checkpoint
+from mediar3d.model import DEFAULT_MODEL, FLOW_SCALE, build_model, load_checkpoint
 from mediar3d.synthetic import make_dataset
 from mediar3d.train import (CropSampler, SliceSample, TrainConfig, anisotropic_blur, augmented_crop, find_volumes,
                             flip_flows, lr_factor, prepare_slices, rot90_flows, segmentation_loss, slice_view, train)
@@ -197,3 +197,53 @@ def test_train_on_cuda_without_cuda_is_a_clear_error(datasets, tmp_path, capsys)
     assert main(["train", "--data", str(datasets[0]), "--out", str(tmp_path / "m.pt"), "--device", "cuda",
                  "--epochs", "1", "--steps-per-epoch", "1", "--no-progress"]) == 1
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def _weights(path):
+    from mediar3d.model import read_checkpoint
+
+    return read_checkpoint(path)["state_dict"]
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason=f"no shipped checkpoint at {DEFAULT_MODEL}")
+def test_select_by_seg_keeps_the_init_weights_when_no_epoch_beats_them(datasets, tmp_path):
+    """A fine-tune that wrecks the shipped model (a huge learning rate) leaves --out holding the
+    starting weights, chosen by the validation volumes' 3D SEG; the last epoch goes to last.pt."""
+    from mediar3d.train import read_validation_volumes, volume_seg
+
+    init_meta = load_checkpoint(DEFAULT_MODEL)[1]
+    out = tmp_path / "ft.pt"
+    config = _small_config(epochs=2, lr=0.05, warmup_fraction=0.0, context_px=int(init_meta["context_px"]),
+                           init_checkpoint=str(DEFAULT_MODEL), select_by="seg")
+    train([datasets[0]], out, config, val_dirs=[datasets[1]], device="cpu", progress=False)
+    rows = json.loads((tmp_path / "ft_train" / "log.json").read_text())["epochs"]
+    model, meta = load_checkpoint(out)
+    init_seg = volume_seg(load_checkpoint(DEFAULT_MODEL)[0], read_validation_volumes(find_volumes([datasets[1]])),
+                          {**meta, "prob_threshold": init_meta["prob_threshold"]}, torch.device("cpu"))
+    assert init_seg > 0.3 and meta["validation_seg"] == pytest.approx(init_seg)
+    assert all(r["val_seg"] < init_seg for r in rows), rows  # the wrecked epochs score lower
+    assert meta["selected_epoch"] == 0
+    kept, start = _weights(out), _weights(DEFAULT_MODEL)
+    assert all(torch.equal(kept[k].float(), start[k].float()) for k in start)
+    last = _weights(tmp_path / "ft_train" / "last.pt")
+    assert not all(torch.equal(last[k].float(), start[k].float()) for k in start)
+    assert "val_seg" in (tmp_path / "ft_train" / "log.csv").read_text().splitlines()[0]
+
+
+def test_select_by_seg_keeps_the_best_epoch_and_resumes_with_it(datasets, tmp_path):
+    out = tmp_path / "model.pt"
+    first = train([datasets[0]], out, _small_config(epochs=3, stop_epoch=1, select_by="seg"), val_dirs=[datasets[1]],
+                  device="cpu", progress=False)
+    assert np.isfinite(first["val_seg"]) and load_checkpoint(out)[1]["selected_epoch"] == 1
+    train([datasets[0]], out, _small_config(epochs=3, select_by="seg"), val_dirs=[datasets[1]], device="cpu",
+          progress=False, resume=True)
+    scores = [r["val_seg"] for r in json.loads((tmp_path / "model_train" / "log.json").read_text())["epochs"]]
+    meta = load_checkpoint(out)[1]
+    assert len(scores) == 3 and meta["selected_epoch"] == 1 + int(np.argmax(scores))  # ties keep the earlier
+    assert meta["validation_seg"] == pytest.approx(max(scores))
+    assert load_checkpoint(tmp_path / "model_train" / "last.pt")[1]["epochs_trained"] == 3
+
+
+def test_select_by_is_checked():
+    with pytest.raises(ValueError, match="select_by"):
+        TrainConfig(select_by="best")

@@ -18,6 +18,7 @@ INPUTS = ("data", "val_data")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mediar3d.model import DECODERS, ENCODERS
+    from mediar3d.train.config import SELECT_BY
     from mediar3d.train import TrainConfig
 
     d = TrainConfig()
@@ -46,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"slices with objects kept per view and volume (default {d.max_slices_per_view})")
     parser.add_argument("--val-slices-per-view", type=int, default=d.val_slices_per_view,
                         help=f"validation slices per view scored every epoch (default {d.val_slices_per_view})")
+    parser.add_argument("--select-by", default=d.select_by, choices=SELECT_BY,
+                        help="which epoch --out holds: the last, or 'seg': the best mean 3D SEG of the validation "
+                             "volumes through the pipeline, the --init weights counting as epoch 0 (the last epoch "
+                             "then goes to <CKPT stem>_train/last.pt; costs one segmentation of each validation "
+                             "volume per epoch)")
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     parser.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall-time budget")
     parser.add_argument("--stop-epoch", type=int, metavar="N",
@@ -74,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                              val_slices_per_view=args.val_slices_per_view,
                              half_weights=not args.fp32_weights, max_minutes=args.max_minutes,
                              init_checkpoint=str(args.init) if args.init else None,
-                             stop_epoch=args.stop_epoch, context_px=args.context_px)
+                             stop_epoch=args.stop_epoch, context_px=args.context_px, select_by=args.select_by)
     except ValueError as exc:
         from mediar3d.errors import ConfigError
 
@@ -83,4 +89,9 @@ def run(args: argparse.Namespace) -> int:
                  cache_dir=args.cache, progress=not args.no_progress)
     print(f"wrote {args.out}: epoch {last.get('epoch')}, val loss {last.get('val_loss', float('nan')):.4f}, "
           f"val AP@0.5 {last.get('val_ap50', float('nan')):.3f}")
+    if args.select_by == "seg":
+        from mediar3d.model import read_checkpoint
+
+        kept = read_checkpoint(args.out)["meta"]
+        print(f"{args.out} holds epoch {kept.get('selected_epoch')} (val 3D SEG {kept.get('validation_seg', float('nan')):.4f})")
     return 0

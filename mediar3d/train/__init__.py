@@ -15,6 +15,8 @@ gamma and noise. Targets: foreground and unit flows x FLOW_SCALE.
 Loss: BCE(logit, foreground) + 0.5 * MSE(flows, 5 x unit flows) (Cellpose's scaling). AdamW,
 linear warm-up then cosine decay, mixed precision on CUDA, validation (loss and per-slice AP@0.5
 after 2D mask reconstruction) every epoch, resumable training state, CSV/JSON log and loss curve.
+With `select_by="seg"` the validation volumes are also segmented by the pipeline itself every epoch
+and the checkpoint keeps the epoch (or the --init weights) with the best mean 3D SEG.
 
 The modules, by job: `config` (TrainConfig), `data` (volumes -> cached slices), `augment` (crops and
 their augmentation), `loop` (loss, validation, logs, the loop, checkpoint evaluation).
@@ -22,13 +24,13 @@ their augmentation), `loop` (loss, validation, logs, the loop, checkpoint evalua
 
 from mediar3d.train.augment import (CropSampler, anisotropic_blur, augmented_crop, flip_flows,
                                     intensity_augment, rot90_flows)
-from mediar3d.train.config import FLOW_LOSS_WEIGHT, VIEWS, TrainConfig
+from mediar3d.train.config import FLOW_LOSS_WEIGHT, SELECT_BY, VIEWS, TrainConfig
 from mediar3d.train.data import (SliceSample, VolumeRecord, find_volumes, prepare_slices,
                                  prepare_volume, slice_view, volume_slices)
-from mediar3d.train.loop import (_init_weights, evaluate_checkpoint, lr_factor, segmentation_loss,
-                                 train, validate, validation_slices)
+from mediar3d.train.loop import (_init_weights, evaluate_checkpoint, lr_factor, read_validation_volumes,
+                                 segmentation_loss, train, validate, validation_slices, volume_seg)
 
-__all__ = ["CropSampler", "FLOW_LOSS_WEIGHT", "SliceSample", "TrainConfig", "VIEWS", "VolumeRecord", "_init_weights",
+__all__ = ["CropSampler", "FLOW_LOSS_WEIGHT", "SELECT_BY", "SliceSample", "TrainConfig", "VIEWS", "VolumeRecord", "_init_weights",
            "anisotropic_blur", "augmented_crop", "evaluate_checkpoint", "find_volumes", "flip_flows",
-           "intensity_augment", "lr_factor", "prepare_slices", "prepare_volume", "rot90_flows", "segmentation_loss",
-           "slice_view", "train", "validate", "validation_slices", "volume_slices"]
+           "intensity_augment", "lr_factor", "prepare_slices", "prepare_volume", "read_validation_volumes", "rot90_flows",
+           "segmentation_loss", "slice_view", "train", "validate", "validation_slices", "volume_seg", "volume_slices"]

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 from mediar3d.pipeline import DEFAULT_PERCENTILES, VIEWS
 
-__all__ = ["FLOW_LOSS_WEIGHT", "TrainConfig", "VIEWS"]
+__all__ = ["FLOW_LOSS_WEIGHT", "SELECT_BY", "TrainConfig", "VIEWS"]
 
 #: weight of the flow MSE relative to the BCE (Cellpose halves the flow loss)
 FLOW_LOSS_WEIGHT = 0.5
+#: how the output checkpoint's epoch is chosen (`TrainConfig.select_by`)
+SELECT_BY = ("last", "seg")
 
 
 @dataclass
@@ -42,6 +44,9 @@ class TrainConfig:
     stop_epoch: int | None = None
     #: 2.5D input: neighbour planes this many iso voxels below and above each slice (0: 1-channel 2D input)
     context_px: int = 0
+    #: which epoch the output checkpoint holds: "last", or "seg": the best mean 3D SEG of the validation
+    #: volumes through the pipeline (the --init weights count as epoch 0: kept unless an epoch beats them)
+    select_by: str = "last"
 
     def __post_init__(self):
         if self.crop % 32:
@@ -50,5 +55,7 @@ class TrainConfig:
             raise ValueError("batch, epochs, steps_per_epoch and val_slices_per_view must be >= 1")
         if self.context_px < 0:
             raise ValueError(f"context_px must be >= 0, got {self.context_px}")
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
         self.percentiles = tuple(float(p) for p in self.percentiles)
         self.scale_range = tuple(float(s) for s in self.scale_range)

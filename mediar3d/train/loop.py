@@ -112,12 +112,46 @@ def validate(model: torch.nn.Module, slices: Sequence[SliceSample], device: torc
     return row
 
 
+def read_validation_volumes(records: Sequence[VolumeRecord]) -> list[tuple[np.ndarray, np.ndarray, tuple]]:
+    """(raw frame, GT labels, voxel size (z, y, x) um) of each annotated validation frame, both (Z, Y, X)."""
+    from mediar3d.io.ctc import read_frame, read_labels
+
+    volumes = []
+    for record in records:
+        image = read_frame(record.frame)
+        volumes.append((image, read_labels(record.gt, shape=image.shape), record.voxel_size))
+    return volumes
+
+
+def volume_seg(model: torch.nn.Module, volumes: Sequence[tuple], meta: dict, device: torch.device) -> float:
+    """Mean 3D SEG of annotated (Z, Y, X) frames segmented by `model` through the pipeline itself
+    (`pipeline.segment_volume`: resample to the training diameter at the GT's own diameter, the three
+    tiled views, fuse, reconstruct, back to the frame's grid). `meta`: the checkpoint metadata the
+    pipeline reads (training diameter, percentiles, threshold). A copy of `model` runs it, so the
+    training module keeps its memory format."""
+    import copy
+    import tempfile
+
+    from mediar3d.evaluate import evaluate_frame
+    from mediar3d.pipeline import segment_volume
+    from mediar3d.resample import diameter_from_labels
+
+    net = copy.deepcopy(model).eval()
+    scores = []
+    for image, gt, voxel in volumes:
+        with tempfile.TemporaryDirectory(prefix="mediar3d-val-") as tmp:
+            labels = segment_volume(image, voxel, Path(tmp), model=net, meta=meta,
+                                    diameter_um=diameter_from_labels(gt, voxel), device=str(device), progress=False)
+        scores.append(evaluate_frame(labels, gt)["seg"])
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 # ---------------------------------------------------------------------------------------------
 # logs
 
 
 LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_bce", "train_mse", "val_loss",
-               "val_ap50_xy", "val_ap50_xz", "val_ap50_yz", "val_ap50", "seconds")
+               "val_ap50_xy", "val_ap50_xz", "val_ap50_yz", "val_ap50", "val_seg", "seconds")
 
 
 def write_logs(out_dir: Path, history: list[dict], config: TrainConfig) -> None:
@@ -135,7 +169,7 @@ def write_logs(out_dir: Path, history: list[dict], config: TrainConfig) -> None:
 
 
 def plot_losses(path: Path, history: list[dict]) -> None:
-    """Train / validation loss and validation AP@0.5 per epoch."""
+    """Train / validation loss and validation AP@0.5 (and 3D SEG with select_by "seg") per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,7 +184,9 @@ def plot_losses(path: Path, history: list[dict]) -> None:
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.set_yscale("log"), ax1.legend()
     for key in ("val_ap50_xy", "val_ap50_xz", "val_ap50_yz", "val_ap50"):
         ax2.plot(epochs, [h[key] for h in history], label=key.replace("val_", ""))
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("validation AP@0.5"), ax2.set_ylim(0, 1), ax2.legend()
+    if all("val_seg" in h for h in history):
+        ax2.plot(epochs, [h["val_seg"] for h in history], "k--", label="3D SEG (volumes)")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("validation AP@0.5 / 3D SEG"), ax2.set_ylim(0, 1), ax2.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
@@ -173,6 +209,8 @@ class TrainState:
     step: int = 0
     history: list = field(default_factory=list)
     elapsed_s: float = 0.0
+    best_seg: float = float("-inf")   # select_by "seg": validation 3D SEG of the checkpoint kept so far
+    best_epoch: int = -1
 
 
 def _state_path(out: Path) -> Path:
@@ -186,6 +224,7 @@ def _save_state(path: Path, model, optimizer, scheduler, scaler, state: TrainSta
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": state.epoch,
                "step": state.step, "history": state.history, "elapsed_s": state.elapsed_s,
+               "best_seg": state.best_seg, "best_epoch": state.best_epoch,
                "sampler_rng": json.dumps(sampler.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                "config": json.dumps(_config_dict(config))}
     with atomic_path(path) as tmp:
@@ -205,7 +244,8 @@ def _load_state(path: Path, model, optimizer, scheduler, scaler, sampler: CropSa
         scaler.load_state_dict(payload["scaler"])
     sampler.rng.bit_generator.state = json.loads(payload["sampler_rng"])
     torch.set_rng_state(payload["torch_rng"])
-    return TrainState(int(payload["epoch"]), int(payload["step"]), list(payload["history"]), float(payload["elapsed_s"]))
+    return TrainState(int(payload["epoch"]), int(payload["step"]), list(payload["history"]), float(payload["elapsed_s"]),
+                      float(payload.get("best_seg", float("-inf"))), int(payload.get("best_epoch", -1)))
 
 
 def data_summary(records: Sequence[VolumeRecord], samples: Sequence[SliceSample], iso_sizes: Sequence[float],
@@ -259,13 +299,55 @@ def split_validation(records: list[VolumeRecord], val_records: list[VolumeRecord
     return records, records
 
 
+class _SegSelection:
+    """`select_by` "seg": the output checkpoint holds the epoch with the best mean 3D SEG of the
+    validation volumes (`volume_seg`), the --init weights counting as epoch 0; every epoch's weights
+    also go to `<out stem>_train/last.pt`. Scored at the --init checkpoint's calibrated threshold
+    (else the reconstruct default)."""
+
+    def __init__(self, config: TrainConfig, val_records: Sequence[VolumeRecord], meta: dict, device: torch.device):
+        from mediar3d.model import read_checkpoint
+        from mediar3d.reconstruct import resolve_prob_threshold
+
+        init_meta = read_checkpoint(config.init_checkpoint)["meta"] if config.init_checkpoint else {}
+        self.threshold = resolve_prob_threshold(None, init_meta)
+        self.meta, self.device, self.half = meta, device, config.half_weights
+        self.volumes = read_validation_volumes(val_records)
+        log.info("checkpoint chosen by the 3D SEG of %d validation volumes (threshold %.2f)",
+                 len(self.volumes), self.threshold)
+
+    def score(self, model: torch.nn.Module) -> float:
+        return volume_seg(model, self.volumes, {**self.meta, "prob_threshold": self.threshold}, self.device)
+
+    def start(self, model: torch.nn.Module, out: Path, state: TrainState) -> None:
+        """Score the starting weights: with --init they are the checkpoint to beat (written to `out`)."""
+        if not self.meta["train_config"].get("init_checkpoint"):
+            return
+        state.best_seg, state.best_epoch = self.score(model), 0
+        save_checkpoint(out, model, {**self.meta, "selected_epoch": 0, "validation_seg": state.best_seg},
+                        half=self.half)
+        log.info("initial weights: val 3D SEG %.4f", state.best_seg)
+
+    def keep_if_better(self, model: torch.nn.Module, out: Path, state: TrainState, seg: float) -> None:
+        save_checkpoint(_state_path(out).with_name("last.pt"), model, self.meta, half=self.half)
+        if seg > state.best_seg:
+            state.best_seg, state.best_epoch = seg, state.epoch
+            save_checkpoint(out, model, {**self.meta, "selected_epoch": state.epoch, "validation_seg": seg},
+                            half=self.half)
+            log.info("epoch %d kept in %s (val 3D SEG %.4f)", state.epoch, out, seg)
+        else:
+            log.info("epoch %d not kept: val 3D SEG %.4f <= %.4f of epoch %d", state.epoch, seg, state.best_seg,
+                     state.best_epoch)
+
+
 def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig | None = None, *,
           val_dirs: Sequence[str | os.PathLike] | None = None, device: str = "auto", resume: bool = False,
           cache_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Train a MEDIAR network on the full-3D GT frames of `dataset_dirs`; write the checkpoint `out`.
 
     Side outputs in `<out stem>_train/`: state.pt (resume), log.csv, log.json, loss_curve.png.
-    Returns the last epoch's log row. With `config.max_minutes` the run stops after the epoch that
+    Returns the last epoch's log row. With `config.select_by` "seg" `out` holds the epoch (or the
+    --init weights) with the best validation 3D SEG and last.pt the last epoch. With `config.max_minutes` the run stops after the epoch that
     passes the budget, with `config.stop_epoch` after that epoch (the learning-rate schedule still
     spans `config.epochs`).
     """
@@ -304,6 +386,9 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
             "voxel_size_um": [float(np.median(iso_sizes))] * 3 if iso_sizes else None,
             "training_data": data_summary(records, samples, iso_sizes, val_records),
             "train_config": _config_dict(config), "device": str(dev)}
+    select = _SegSelection(config, val_records, meta, dev) if config.select_by == "seg" else None
+    if select is not None and state.best_epoch < 0:
+        select.start(model, out, state)
 
     while state.epoch < config.epochs:
         t0 = time.perf_counter()
@@ -333,15 +418,21 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
         row = {"epoch": state.epoch, "step": state.step, "lr": float(optimizer.param_groups[0]["lr"]),
                "train_loss": means[0], "train_bce": means[1], "train_mse": means[2]}
         row.update(validate(model, val_slices, dev, config.train_diameter_px))
+        if select is not None:
+            row["val_seg"] = select.score(model)
         state.elapsed_s += time.perf_counter() - t0
         row["seconds"] = round(state.elapsed_s, 1)
         state.history.append(row)
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val AP50 %.3f (xy %.3f xz %.3f yz %.3f), %.0f s",
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val AP50 %.3f (xy %.3f xz %.3f yz %.3f)%s, %.0f s",
                  state.epoch, config.epochs, row["train_loss"], row["val_loss"], row["val_ap50"],
-                 row["val_ap50_xy"], row["val_ap50_xz"], row["val_ap50_yz"], state.elapsed_s)
+                 row["val_ap50_xy"], row["val_ap50_xz"], row["val_ap50_yz"],
+                 f", val 3D SEG {row['val_seg']:.4f}" if select is not None else "", state.elapsed_s)
         meta.update(epochs_trained=state.epoch, steps_trained=state.step, wall_time_s=round(state.elapsed_s, 1),
                     validation=row)
-        save_checkpoint(out, model, meta, half=config.half_weights)
+        if select is None:
+            save_checkpoint(out, model, meta, half=config.half_weights)
+        else:
+            select.keep_if_better(model, out, state, row["val_seg"])
         _save_state(state_path, model, optimizer, scheduler, scaler, state, sampler, config)
         write_logs(state_path.parent, state.history, config)
         if config.stop_epoch is not None and state.epoch >= config.stop_epoch:

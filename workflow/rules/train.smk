@@ -22,6 +22,7 @@ rule train:
                                        option("--init", TRAIN["init"]), option("--lr", TRAIN["lr"]),
                                        option("--diameter-px", TRAIN["diameter_px"]),
                                        option("--context-px", TRAIN["context_px"] or None),
+                                       option("--select-by", TRAIN["select_by"]),
                                        option("--max-minutes", TRAIN["max_minutes"])])),
     log:
         f"{LOGS}/train/train.log",
