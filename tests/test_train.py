@@ -247,3 +247,20 @@ def test_select_by_seg_keeps_the_best_epoch_and_resumes_with_it(datasets, tmp_pa
 def test_select_by_is_checked():
     with pytest.raises(ValueError, match="select_by"):
         TrainConfig(select_by="best")
+
+
+def test_volume_seg_keeps_the_stages_quiet_and_restores_logging(datasets, caplog):
+    import logging
+
+    from mediar3d.train import read_validation_volumes, volume_seg
+
+    torch.manual_seed(0)
+    meta = {"train_diameter_px": 12.0, "norm_percentiles": [1.0, 99.8]}
+    package = logging.getLogger("mediar3d")
+    with caplog.at_level(logging.INFO, logger="mediar3d"):
+        before = package.level
+        seg = volume_seg(build_model("mit_b0"), read_validation_volumes(find_volumes([datasets[1]])), meta,
+                         torch.device("cpu"))
+        assert package.level == before
+    assert 0.0 <= seg <= 1.0
+    assert not [r for r in caplog.records if r.levelno < logging.WARNING and r.name != "mediar3d.train.loop"]

@@ -138,11 +138,17 @@ def volume_seg(model: torch.nn.Module, volumes: Sequence[tuple], meta: dict, dev
 
     net = copy.deepcopy(model).eval()
     scores = []
-    for image, gt, voxel in volumes:
-        with tempfile.TemporaryDirectory(prefix="mediar3d-val-") as tmp:
-            labels = segment_volume(image, voxel, Path(tmp), model=net, meta=meta,
-                                    diameter_um=diameter_from_labels(gt, voxel), device=str(device), progress=False)
-        scores.append(evaluate_frame(labels, gt)["seg"])
+    package = logging.getLogger("mediar3d")
+    level = package.level
+    package.setLevel(max(logging.WARNING, package.getEffectiveLevel()))  # the stages' per-volume INFO lines
+    try:
+        for image, gt, voxel in volumes:
+            with tempfile.TemporaryDirectory(prefix="mediar3d-val-") as tmp:
+                labels = segment_volume(image, voxel, Path(tmp), model=net, meta=meta,
+                                        diameter_um=diameter_from_labels(gt, voxel), device=str(device), progress=False)
+            scores.append(evaluate_frame(labels, gt)["seg"])
+    finally:
+        package.setLevel(level)
     return float(np.mean(scores)) if scores else float("nan")
 
 
