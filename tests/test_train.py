@@ -222,7 +222,7 @@ def test_select_by_seg_keeps_the_init_weights_when_no_epoch_beats_them(datasets,
                           {**meta, "prob_threshold": init_meta["prob_threshold"]}, torch.device("cpu"))
     assert init_seg > 0.3 and meta["validation_seg"] == pytest.approx(init_seg)
     assert all(r["val_seg"] < init_seg for r in rows), rows  # the wrecked epochs score lower
-    assert meta["selected_epoch"] == 0
+    assert meta["selected_epoch"] == 0 and meta["prob_threshold"] == init_meta["prob_threshold"]  # runs as scored
     kept, start = _weights(out), _weights(DEFAULT_MODEL)
     assert all(torch.equal(kept[k].float(), start[k].float()) for k in start)
     last = _weights(tmp_path / "ft_train" / "last.pt")

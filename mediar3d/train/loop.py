@@ -309,7 +309,7 @@ class _SegSelection:
     """`select_by` "seg": the output checkpoint holds the epoch with the best mean 3D SEG of the
     validation volumes (`volume_seg`), the --init weights counting as epoch 0; every epoch's weights
     also go to `<out stem>_train/last.pt`. Scored at the --init checkpoint's calibrated threshold
-    (else the reconstruct default)."""
+    (else the reconstruct default), which the kept checkpoint records as its own: it runs as it was scored."""
 
     def __init__(self, config: TrainConfig, val_records: Sequence[VolumeRecord], meta: dict, device: torch.device):
         from mediar3d.model import read_checkpoint
@@ -325,21 +325,23 @@ class _SegSelection:
     def score(self, model: torch.nn.Module) -> float:
         return volume_seg(model, self.volumes, {**self.meta, "prob_threshold": self.threshold}, self.device)
 
+    def _keep(self, model: torch.nn.Module, out: Path, epoch: int, seg: float) -> None:
+        save_checkpoint(out, model, {**self.meta, "selected_epoch": epoch, "validation_seg": seg,
+                                     "prob_threshold": self.threshold}, half=self.half)
+
     def start(self, model: torch.nn.Module, out: Path, state: TrainState) -> None:
         """Score the starting weights: with --init they are the checkpoint to beat (written to `out`)."""
         if not self.meta["train_config"].get("init_checkpoint"):
             return
         state.best_seg, state.best_epoch = self.score(model), 0
-        save_checkpoint(out, model, {**self.meta, "selected_epoch": 0, "validation_seg": state.best_seg},
-                        half=self.half)
+        self._keep(model, out, 0, state.best_seg)
         log.info("initial weights: val 3D SEG %.4f", state.best_seg)
 
     def keep_if_better(self, model: torch.nn.Module, out: Path, state: TrainState, seg: float) -> None:
         save_checkpoint(_state_path(out).with_name("last.pt"), model, self.meta, half=self.half)
         if seg > state.best_seg:
             state.best_seg, state.best_epoch = seg, state.epoch
-            save_checkpoint(out, model, {**self.meta, "selected_epoch": state.epoch, "validation_seg": seg},
-                            half=self.half)
+            self._keep(model, out, state.epoch, seg)
             log.info("epoch %d kept in %s (val 3D SEG %.4f)", state.epoch, out, seg)
         else:
             log.info("epoch %d not kept: val 3D SEG %.4f <= %.4f of epoch %d", state.epoch, seg, state.best_seg,
