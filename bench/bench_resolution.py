@@ -13,7 +13,6 @@ for a choice. Diameter: the estimate (`--diameter auto`, the default), converted
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,14 +24,11 @@ from benchutil import header, write_report  # noqa: E402  (bench/ is the script'
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mediar3d.evaluate import evaluate_frame  # noqa: E402
 from mediar3d.infer import load_model, set_threads  # noqa: E402
-from mediar3d.reconstruct import MIN_SIZE_FRACTION, masks_from_field  # noqa: E402
-from mediar3d.resample import labels_to_original  # noqa: E402
 
 from bench_error_budget import BBBC050, load_case, synthetic_case  # noqa: E402
 from bench_methods import TEST_SETS  # noqa: E402
-from tune_postprocess import VALIDATION, field_of, iso_of  # noqa: E402
+from tune_postprocess import VALIDATION, field_of, iso_of, score_masks  # noqa: E402
 
 THRESHOLDS = (0.35, 0.4, 0.45, 0.5)
 
@@ -57,15 +53,8 @@ def field_at(image, voxel, model, meta, work_px: float) -> tuple[np.ndarray, flo
 
 
 def score_field(field, gt, work_px: float, thresholds) -> list[dict]:
-    """3D SEG and foreground ratio of the masks at each threshold, on the original grid."""
-    rows = []
-    for threshold in thresholds:
-        labels = masks_from_field(field, prob_threshold=threshold, diameter_px=work_px,
-                                  min_size=int(MIN_SIZE_FRACTION * math.pi / 6 * work_px ** 3))
-        pred = labels_to_original(labels, gt.shape, prob=field[3], threshold=threshold)
-        rows.append({"threshold": threshold, "seg": evaluate_frame(pred, gt)["seg"],
-                     "fg_ratio": float((pred > 0).sum() / max(1, (gt > 0).sum()))})
-    return rows
+    """`score_masks` at each threshold (minimum size: reconstruct's default for `work_px`)."""
+    return [{"threshold": threshold, **score_masks(field, gt, threshold, work_px)} for threshold in thresholds]
 
 
 def main() -> int:

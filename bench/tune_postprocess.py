@@ -64,6 +64,15 @@ def field_of(image, voxel, model, meta, iso: np.ndarray | None = None):
     return fuse_views(views["xy"], views["xz"], views["yz"]), train_px
 
 
+def score_masks(field, gt, threshold: float, diameter_px: float, min_size: int | None = None) -> dict:
+    """3D SEG, AP@0.75 and predicted / GT foreground of the masks a fused field (4, Z, Y, X) gives at
+    `threshold`, mapped back to the GT's (Z, Y, X) grid; `min_size` None: reconstruct's default."""
+    labels = masks_from_field(field, prob_threshold=threshold, diameter_px=diameter_px, min_size=min_size)
+    pred = labels_to_original(labels, gt.shape, prob=field[3], threshold=threshold)
+    metrics = evaluate_frame(pred, gt)
+    return {"seg": metrics["seg"], "ap75": metrics["ap75"], "fg_ratio": float((pred > 0).sum() / max(1, (gt > 0).sum()))}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "mediar3d_default.pt")
@@ -86,12 +95,8 @@ def main() -> int:
         field, train_px = field_of(image, voxel, model, meta)
         ball = math.pi / 6 * train_px ** 3
         for threshold, fraction in itertools.product(args.thresholds, args.min_fractions):
-            labels = masks_from_field(field, prob_threshold=threshold, diameter_px=train_px,
-                                      min_size=int(fraction * ball))
-            pred = labels_to_original(labels, gt.shape, prob=field[3], threshold=threshold)
-            metrics = evaluate_frame(pred, gt)
-            rows.append({"case": name, "threshold": threshold, "min_size_fraction": fraction, "seg": metrics["seg"],
-                         "ap75": metrics["ap75"], "fg_ratio": float((pred > 0).sum() / max(1, (gt > 0).sum()))})
+            rows.append({"case": name, "threshold": threshold, "min_size_fraction": fraction,
+                         **score_masks(field, gt, threshold, train_px, int(fraction * ball))})
         print(name, "done", flush=True)
     table = pd.DataFrame(rows)
     grid = table.pivot_table(index="threshold", columns="min_size_fraction", values="seg", aggfunc="mean")

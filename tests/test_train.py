@@ -264,3 +264,20 @@ def test_volume_seg_keeps_the_stages_quiet_and_restores_logging(datasets, caplog
         assert package.level == before
     assert 0.0 <= seg <= 1.0
     assert not [r for r in caplog.records if r.levelno < logging.WARNING and r.name != "mediar3d.train.loop"]
+
+
+def test_select_by_seg_keeps_the_epoch_that_scores_best(datasets, tmp_path, monkeypatch):
+    """With the volume scores fixed (0.2, 0.5, 0.4 for epochs 1-3), --out holds epoch 2's weights
+    (the middle one, neither the first nor the last) and last.pt epoch 3's."""
+    import mediar3d.train.loop as loop
+
+    scores = iter([0.2, 0.5, 0.4])
+    monkeypatch.setattr(loop, "volume_seg", lambda *args, **kw: next(scores))
+    out = tmp_path / "model.pt"
+    train([datasets[0]], out, _small_config(epochs=3, select_by="seg"), val_dirs=[datasets[1]], device="cpu",
+          progress=False)
+    meta = load_checkpoint(out)[1]
+    assert (meta["selected_epoch"], meta["epochs_trained"], meta["validation_seg"]) == (2, 2, 0.5)
+    assert load_checkpoint(tmp_path / "model_train" / "last.pt")[1]["epochs_trained"] == 3
+    kept, last = _weights(out), _weights(tmp_path / "model_train" / "last.pt")
+    assert not all(torch.equal(kept[k], last[k]) for k in kept)

@@ -317,6 +317,7 @@ class _SegSelection:
 
         init_meta = read_checkpoint(config.init_checkpoint)["meta"] if config.init_checkpoint else {}
         self.threshold = resolve_prob_threshold(None, init_meta)
+        self.has_init = bool(config.init_checkpoint)
         self.meta, self.device, self.half = meta, device, config.half_weights
         self.volumes = read_validation_volumes(val_records)
         log.info("checkpoint chosen by the 3D SEG of %d validation volumes (threshold %.2f)",
@@ -331,7 +332,7 @@ class _SegSelection:
 
     def start(self, model: torch.nn.Module, out: Path, state: TrainState) -> None:
         """Score the starting weights: with --init they are the checkpoint to beat (written to `out`)."""
-        if not self.meta["train_config"].get("init_checkpoint"):
+        if not self.has_init:
             return
         state.best_seg, state.best_epoch = self.score(model), 0
         self._keep(model, out, 0, state.best_seg)
