@@ -361,6 +361,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3],
                         help="run only these sections (the report needs all three)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "infer_engines")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="report path (e.g. bench/results/bench_infer_engines_amx.md for the other CPU kind)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -381,7 +383,7 @@ def main(argv=None) -> int:
         seg_rows = seg_section(args.work)
     if set(args.sections) != {1, 2, 3}:
         return 0
-    write_report(RESULTS, report(args, forward, compile_seconds, infer_rows, skip, seg_rows, iso_shape))
+    write_report(args.out, report(args, forward, compile_seconds, infer_rows, skip, seg_rows, iso_shape))
     return 0
 
 
