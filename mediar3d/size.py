@@ -109,7 +109,13 @@ def _coarse_iso(volume, voxel_size: Sequence[float], max_voxels: int, min_edge: 
 
 def _blob_scale(coarse: np.ndarray) -> float:
     """Sigma (voxels) at which the scale-normalized Laplacian of Gaussian responds most strongly to
-    bright blobs (its 99.5th percentile over the volume is largest), on a sqrt(2) grid of sigmas."""
+    bright blobs (its 99.5th percentile over the volume is largest), on a sqrt(2) grid of sigmas.
+    A 3-voxel median filter first: hot pixels (camera defects, cosmic rays; 0.1% of the voxels at 5x
+    the brightest nucleus) otherwise answer at the smallest sigma, a prior 3-6x too small that sends
+    the whole frame to hundreds of specks (SEG 0.00-0.08 before; bench/results/bench_robustness.md
+    after). On 40 clean validation volumes (seeds 1901-1904, 0.5-4x) the prior was within 15% in 27 vs
+    29 without it (mean |log error| 0.119 vs 0.118), with hot pixels in 14 vs 5 of 20."""
+    coarse = ndi.median_filter(coarse, size=3)
     sigmas = 2.0 ** np.arange(0.0, np.log2(max(min(coarse.shape), 6) / 3.0) + 1e-9, 0.5)
     strength = [np.percentile(-s * s * ndi.gaussian_laplace(coarse, s), PERCENTILE) for s in sigmas]
     best = int(np.argmax(strength))
@@ -211,7 +217,8 @@ def estimate_diameter(volume, voxel_size: Sequence[float], model, train_diameter
                       max_iterations: int = 4, start_factor: float = START_FACTOR,
                       norm_clip: bool = False) -> SizeEstimate:
     """Typical object diameter (um) of a raw (Z, Y, X) volume: the image prior, refined by the
-    network until the objects it finds have the diameter the volume was rescaled for."""
+    network until the objects it finds have the diameter the volume was rescaled for (within
+    TOLERANCE); after `max_iterations` without that, the geometric mean of its measurements."""
     volume = np.asarray(volume)
     prior = image_diameter(volume, voxel_size)
     estimate = SizeEstimate(prior, prior, reason="image prior only: the network found no object near it")
@@ -223,14 +230,28 @@ def estimate_diameter(volume, voxel_size: Sequence[float], model, train_diameter
         estimate.steps.append((guess, measured, n))
         if n == 0 or not math.isfinite(measured):
             break
-        estimate.diameter_um = measured
         ratio = measured / guess
         if 1.0 / TOLERANCE <= ratio <= TOLERANCE:
+            estimate.diameter_um = measured
             estimate.reason = "the network's objects match the scale they were measured at"
-            break
-        estimate.reason = f"the network's last measurement (not converged within {max_iterations} steps)"
+            return estimate
         guess *= min(max(ratio, 1.0 / MAX_STEP), MAX_STEP)
+    measured = [m for _, m, n in estimate.steps if n > 0 and math.isfinite(m)]
+    if measured:
+        estimate.diameter_um = geometric_mean(measured)
+        estimate.reason = (f"not converged within {max_iterations} steps: the geometric mean of the "
+                           f"{len(measured)} network measurements")
     return estimate
+
+
+def geometric_mean(values: Sequence[float]) -> float:
+    """exp(mean(log v)) of positive values. The answer of a search that does not converge: its
+    measurements jump between scales when few objects are found (3 whole objects give outliers of
+    +-20%) or drift with the scale, and each is an estimate of the same size. On validation seeds
+    1901-1911 (350 cases rescaled 0.5-4x, 14 of them not converged) it kept 12 of the 14 within 15%
+    (mean error 0.057), the last measurement 10 (0.112), the measurement closest to its own scale 12
+    (0.117) (bench/results/bench_diameter_nonconverged.md)."""
+    return float(np.exp(np.mean(np.log(np.asarray(values, dtype=np.float64)))))
 
 
 # ---------------------------------------------------------------------------------------------

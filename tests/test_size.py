@@ -103,4 +103,33 @@ def test_estimate_starts_above_the_prior_so_split_objects_do_not_pull_it_down(mo
     assert found.diameter_um == pytest.approx(truth), found.describe()
     assert "match the scale" in found.reason
     drifted = size.estimate_diameter(volume, (1.0, 1.0, 1.0), None, 14.0, (0.0, 1.0), start_factor=1.0)
-    assert drifted.diameter_um < 0.8 * truth, drifted.describe()
+    assert drifted.diameter_um < 0.85 * truth, drifted.describe()
+    assert "not converged" in drifted.reason
+
+
+def test_a_search_that_does_not_converge_answers_with_the_geometric_mean_of_its_measurements(monkeypatch):
+    """Measurements that jump between scales (few objects found): the answer averages them (geometric
+    mean) instead of taking whichever came last."""
+    answers = iter([(8.0, 6), (9.5, 5), (13.0, 3), (9.0, 6)])  # ratios to the guesses below: 0.8, 1.19, 1.37, 0.69
+
+    def network(volume, voxel_size, norm_range, model, train_px, guess, centre, **kw):
+        return next(answers)
+
+    monkeypatch.setattr(size, "image_diameter", lambda volume, voxel_size: 8.0)
+    monkeypatch.setattr(size, "densest_centre", lambda volume, voxel_size, diameter: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(size, "measure_diameter", network)
+    found = size.estimate_diameter(np.zeros((4, 4, 4), np.float32), (1.0, 1.0, 1.0), None, 14.0, (0.0, 1.0))
+    guesses = [g for g, _, _ in found.steps]
+    assert guesses == pytest.approx([10.0, 8.0, 9.5, 13.0])
+    assert found.diameter_um == pytest.approx((8.0 * 9.5 * 13.0 * 9.0) ** 0.25), found.describe()
+    assert "not converged" in found.reason and "geometric mean of the 4" in found.reason
+
+
+def test_a_step_without_objects_ends_the_search_and_the_measurements_before_it_are_averaged(monkeypatch):
+    answers = iter([(7.0, 5), (float("nan"), 0)])
+    monkeypatch.setattr(size, "image_diameter", lambda volume, voxel_size: 4.0)
+    monkeypatch.setattr(size, "densest_centre", lambda volume, voxel_size, diameter: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(size, "measure_diameter", lambda *a, **kw: next(answers))
+    found = size.estimate_diameter(np.zeros((4, 4, 4), np.float32), (1.0, 1.0, 1.0), None, 14.0, (0.0, 1.0))
+    assert len(found.steps) == 2 and found.diameter_um == pytest.approx(7.0), found.describe()
+    assert size.geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
