@@ -2,18 +2,20 @@
 
 Held-out synthetic volumes (seeds 0-2, never used for training or tuning; frame 0 with full 3D GT) are
 rescaled by 0.5-2x, the range the floor is set on, and by 3-4x, reported apart (image trilinear, GT
-nearest; the voxel size is kept, so the objects' size in um changes with them). For each: the GT's median equivalent-sphere diameter, the image prior, the final
-estimate (prior + network) and their ratios to the truth, and the time. For a subset, 3D SEG of the
-whole pipeline (`mediar3d.pipeline.segment_volume`) with the estimate and with the true diameter.
-The real BBBC050 volumes are listed as they are. Results: bench/results/bench_diameter.md.
+nearest; the voxel size is kept, so the objects' size in um changes with them). For each: the GT's
+median equivalent-sphere diameter, the image prior, the final estimate (prior + network) and their
+ratios to the truth, and the time. For a subset, 3D SEG of the whole pipeline
+(`mediar3d.pipeline.segment_volume`) with the estimate and with the true diameter. The real BBBC050
+volumes are listed as they are. Results: bench/results/bench_diameter.md.
 
     .venv/bin/python bench/bench_diameter.py [--model models/mediar3d_default.pt] [--seg-scales 0.5 1 2]
 
 `--validation` runs the same cases on validation seeds (1901+, never test seeds; `--validation-sets`
 sets of them) and compares the estimator's settings (`--start-factors`) side by side, and for each the
 answer when the search does not converge (the geometric mean of its measurements,
-`mediar3d.size.geometric_mean`, vs the last one or the one closest to its own scale, from the same steps): that is where `mediar3d.size.START_FACTOR` and the non-converged
-answer were chosen. Results: bench/results/bench_diameter_validation.md (start factors, one set) and
+`mediar3d.size.geometric_mean`, vs the last one or the one closest to its own scale, from the same
+steps): that is where `mediar3d.size.START_FACTOR` and the non-converged answer were chosen. Results:
+bench/results/bench_diameter_validation.md (start factors, one set) and
 bench/results/bench_diameter_nonconverged.md (`--validation-sets 10 --start-factors 1.25`: the
 non-converged answer).
 """
@@ -38,7 +40,7 @@ from mediar3d.pipeline import segment_volume  # noqa: E402
 from mediar3d.evaluate import evaluate_frame  # noqa: E402
 from mediar3d.infer import load_model  # noqa: E402
 from mediar3d.resample import diameter_from_labels, percentile_range  # noqa: E402
-from mediar3d.size import estimate_diameter  # noqa: E402
+from mediar3d.size import estimate_diameter, geometric_mean  # noqa: E402
 
 from bench_error_budget import BBBC050, load_case, synthetic_case  # noqa: E402
 
@@ -68,7 +70,7 @@ def non_converged_answers(found) -> dict[str, float]:
         return dict.fromkeys(("last measurement", "closest to its scale", "geometric mean"), found.diameter_um)
     return {"last measurement": measured[-1][1],
             "closest to its scale": min(measured, key=lambda gm: abs(np.log(gm[1] / gm[0])))[1],
-            "geometric mean": float(np.exp(np.mean(np.log([m for _, m in measured]))))}
+            "geometric mean": geometric_mean([m for _, m in measured])}
 
 
 def error_summary(table: pd.DataFrame, column: str) -> str:
@@ -83,8 +85,8 @@ def error_summary(table: pd.DataFrame, column: str) -> str:
 
 
 def compare_start_factors(items, model, meta, args) -> int:
-    """estimate / GT per validation case for each start factor, and with the last measurement as the
-    non-converged answer, side by side; the summary per column."""
+    """estimate / GT per validation case for each start factor and, for the searches that did not
+    converge, each answer they could give (`non_converged_answers`), side by side; the summary per column."""
     train_px = float(meta["train_diameter_px"])
     rows = []
     for name, scale, img, lab, voxel in items:

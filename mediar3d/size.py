@@ -239,7 +239,7 @@ def estimate_diameter(volume, voxel_size: Sequence[float], model, train_diameter
     measured = [m for _, m, n in estimate.steps if n > 0 and math.isfinite(m)]
     if measured:
         estimate.diameter_um = geometric_mean(measured)
-        estimate.reason = (f"not converged within {max_iterations} steps: the geometric mean of the "
+        estimate.reason = (f"not converged after {len(estimate.steps)} steps: the geometric mean of the "
                            f"{len(measured)} network measurements")
     return estimate
 
