@@ -6,6 +6,7 @@
 #   OUT=/tmp/m.pt bash bench/train_default.sh
 #   FROM_STAGE=3 bash bench/train_default.sh      # stage 3 only, from the stage-2 weights kept in git history
 #   FROM_STAGE=5 bash bench/train_default.sh   # the shipped stage 5 (2.5D) from stage 4 (15 min idle)
+#   FROM_STAGE=6 DEVICE=cuda JOBS=16 THREADS=8 bash bench/train_default.sh   # stage 6 from stage 5 (made for a GPU)
 #
 # Three stages. Stages 1-2 predate mediar3d.synthetic and half of mediar3d.flows: they trained on the
 # random ellipsoid-nuclei volumes written by the generator below (seeds 2000-2020 for training, 2900
@@ -141,7 +142,46 @@ PYEOF
 
 STAGE2="$WORK/stage2.pt"
 common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 --max-slices-per-view 24
-        --seed 0 --threads 2 --no-progress)
+        --seed 0 --threads 2 --no-progress --augment standard)
+
+# stage 6 (FROM_STAGE=6; sized for a GPU): fine-tunes stage 5 (INIT, default models/mediar3d_default.pt as of
+# commit ad5dca1) with the "robust" intensity augmentation (camera saturation, gamma 0.4-2.5, illumination
+# ramps) on the stage-4 volumes plus two more randomized rounds of the same mix (seeds 1040-1057), batch 16,
+# keeping the epoch with the best validation 3D SEG (seeds 1900). Volumes are made JOBS at a time and prepared
+# in JOBS processes. The checkpoint stays in $WORK/stage6.pt; its threshold is re-chosen unless TUNE=0.
+if [ "${FROM_STAGE:-1}" -ge 6 ]; then
+  S4="$WORK/stage4"
+  specs=()  # preset seed anisotropy z y x [--randomize]
+  for round in 0 30 40; do
+    i=0; for a in 2 3 4 4 5 6 8 8; do specs+=("zebrafish $((1010 + round + i)) $a 32 256 256 --randomize"); i=$((i + 1)); done
+    i=0; for a in 4 6 8 10; do specs+=("celegans $((1010 + round + i)) $a 16 256 256 --randomize"); i=$((i + 1)); done
+    i=0; for a in 1 2 2 3 4 2; do specs+=("sparse $((1010 + round + i)) $a 24 128 128 --randomize"); i=$((i + 1)); done
+    i=0; for z in 5 6 6 8; do specs+=("thin $((1010 + round + i)) 5 $z 256 256 --randomize"); i=$((i + 1)); done
+  done
+  specs+=("zebrafish 1020 4 32 256 256" "celegans 1020 10 16 256 256" "sparse 1020 2 24 128 128" "thin 1020 5 6 256 256")
+  val_specs=("zebrafish 1900 4 32 256 256" "thin 1900 5 6 256 256" "sparse 1900 2 24 128 128")
+  data="" val="" todo=()
+  for spec in "${specs[@]}" "${val_specs[@]}"; do
+    read -r preset seed aniso z y x flag <<<"$spec"
+    d="$S4/$preset-$seed-a$aniso${flag:+-r}"
+    case " ${val_specs[*]} " in *" $spec "*) val+="$d " ;; *) data+="$d " ;; esac
+    [ -f "$d/dataset.json" ] || todo+=("--preset $preset --seed $seed --anisotropy $aniso --shape $z $y $x --frames 1 ${flag:-} --out $d")
+  done
+  echo "stage 6: $(wc -w <<<"$data") training volumes, $(wc -w <<<"$val") validation, ${#todo[@]} to make"
+  if [ ${#todo[@]} -gt 0 ]; then
+    printf '%s\n' "${todo[@]}" | xargs -P "${JOBS:-2}" -L 1 "$PY" -m mediar3d synth >/dev/null
+  fi
+  "$PY" -m mediar3d train --data $data --val-data $val --out "$WORK/stage6.pt" --init "${INIT:-models/mediar3d_default.pt}" \
+    --encoder mit_b0 --decoder small --crop 128 --diameter-px 14 --max-slices-per-view 24 --context-px 6 \
+    --augment robust --batch "${STAGE6_BATCH:-16}" --epochs "${STAGE6_EPOCHS:-10}" --steps-per-epoch "${STAGE6_STEPS:-600}" \
+    --lr 2e-4 --val-slices-per-view 8 --select-by seg --seed 0 --cache "$WORK/cache6" --workers "${JOBS:-2}" \
+    --device "${DEVICE:-auto}" --threads "${THREADS:-2}" --no-progress ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"}
+  if [ "${TUNE:-1}" != 0 ]; then
+    "$PY" bench/tune_postprocess.py --model "$WORK/stage6.pt" --work "$WORK/tune6" --out "$WORK/tune_postprocess6.md" \
+      --thresholds 0.3 0.35 0.4 0.45 0.5 --min-fractions 0.15 --write
+  fi
+  exit 0
+fi
 
 if [ "${FROM_STAGE:-1}" -ge 4 ]; then
   :  # stages 1-3 are skipped: stage 4 starts from the stage-3 weights in git history

@@ -11,7 +11,9 @@ import torch
 from mediar3d.model import DEFAULT_MODEL, FLOW_SCALE, build_model, load_checkpoint
 from mediar3d.synthetic import make_dataset
 from mediar3d.train import (CropSampler, SliceSample, TrainConfig, anisotropic_blur, augmented_crop, find_volumes,
-                            flip_flows, lr_factor, prepare_slices, rot90_flows, segmentation_loss, slice_view, train)
+                            flip_flows, intensity_augment, lr_factor, prepare_slices, rot90_flows, segmentation_loss,
+                            slice_view, train)
+from mediar3d.train.augment import INTENSITY_AUGMENTS, IntensityAugment, illumination_ramp, saturate
 
 torch.set_num_threads(2)
 
@@ -80,6 +82,81 @@ def test_augmented_crop_targets_are_consistent():
         inside = fg[0] > 0
         if inside.any():
             assert np.all(np.abs(target[:, inside]).min(axis=0) < 1e-3 * FLOW_SCALE + 0.05 * magnitude[inside])
+
+
+def _nuclei_image() -> torch.Tensor:
+    """(1, 64, 64) normalized image: background 0, two nuclei at 0.4 and 1.0."""
+    image = torch.zeros(1, 64, 64)
+    image[0, 8:24, 8:24], image[0, 36:56, 30:50] = 0.4, 1.0
+    return image
+
+
+def test_saturation_clips_to_a_flat_plateau_at_one():
+    image = _nuclei_image()
+    out = saturate(image, 0.3)  # 0.3 x the crop's 99.5th percentile (1.0): both nuclei saturate
+    assert float(out.max()) == pytest.approx(1.0)
+    assert torch.all(out[image >= 0.3] == out.max()) and torch.all(out[image == 0] == 0)
+    milder = saturate(image, 0.9)  # only the bright nucleus is clipped; the dim one keeps its contrast
+    assert float(milder[0, 10, 10]) == pytest.approx(0.4 / 0.9, rel=1e-4) and float(milder.max()) == pytest.approx(1.0)
+
+
+def test_illumination_ramp_dims_the_signal_along_one_axis_only():
+    image = torch.ones(3, 10, 12)
+    rows = illumination_ramp(image, 0.25, axis=0, reverse=False)
+    assert float(rows[1, 0, 5]) == pytest.approx(1.0) and float(rows[1, -1, 5]) == pytest.approx(0.25)
+    assert torch.all(rows[:, :, 0] == rows[:, :, -1]) and torch.all(rows[0] == rows[2])
+    cols = illumination_ramp(image, 0.5, axis=1, reverse=True)
+    assert float(cols[0, 3, 0]) == pytest.approx(0.5) and float(cols[0, 3, -1]) == pytest.approx(1.0)
+    assert torch.all(illumination_ramp(torch.zeros(1, 4, 4), 0.2, 0, False) == 0)  # background stays
+
+
+def test_standard_augment_draws_what_stages_1_to_5_drew():
+    """The "standard" preset leaves the random stream of the earlier training runs unchanged: the same
+    numbers are drawn (and the same image comes out) as with a preset that has no artefacts at all."""
+    image = _nuclei_image()
+    plain = IntensityAugment(gamma=(0.6, 1.6))
+    for seed in range(5):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        assert torch.equal(intensity_augment(image, a, INTENSITY_AUGMENTS["standard"]), intensity_augment(image, b, plain))
+        assert a.random() == b.random()
+
+
+def test_robust_augment_saturates_and_ramps_some_crops():
+    """Over many draws the "robust" preset produces flat plateaus (many pixels at the maximum) and dims one
+    side of a uniform image; "standard" does neither."""
+    flat = torch.full((1, 32, 32), 0.8)
+    textured = _nuclei_image() * (1 + 0.1 * torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(0)))
+
+    def counts(preset: str) -> tuple[int, int]:
+        rng = np.random.default_rng(0)
+        plateaus = ramps = 0
+        for _ in range(200):
+            out = intensity_augment(textured, rng, INTENSITY_AUGMENTS[preset])
+            plateaus += int((out == out.max()).sum() > 50)
+            smooth = intensity_augment(flat, np.random.default_rng(int(rng.integers(1 << 30))), INTENSITY_AUGMENTS[preset])
+            edges = smooth[0, :, :4].mean(), smooth[0, :, -4:].mean(), smooth[0, :4].mean(), smooth[0, -4:].mean()
+            ramps += int(max(abs(edges[0] - edges[1]), abs(edges[2] - edges[3])) > 0.15)
+        return plateaus, ramps
+
+    robust, standard = counts("robust"), counts("standard")
+    assert robust[0] > 20 and robust[1] > 20, robust
+    assert standard == (0, 0), standard
+
+
+def test_config_rejects_unknown_augment():
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment="strong")
+
+
+def test_slices_prepared_in_worker_processes_equal_the_serial_ones(datasets):
+    config = _small_config(context_px=2)
+    records = find_volumes(datasets)
+    serial, serial_sizes = prepare_slices(records, config, progress=False)
+    parallel, parallel_sizes = prepare_slices(records, config, progress=False, workers=2)
+    assert serial_sizes == parallel_sizes and len(serial) == len(parallel)
+    for a, b in zip(serial, parallel):
+        assert (a.view, a.source) == (b.view, b.source)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.flows, b.flows) and np.array_equal(a.labels, b.labels)
 
 
 def test_slices_of_three_views(datasets):

@@ -196,13 +196,13 @@ def test_train_rule_fine_tunes_from_a_checkpoint(tmp_path, dataset, model_path):
     config = run_config(tmp_path, "out", dataset, model_path,
                         train={"data": [str(dataset)], "out": str(tmp_path / "ft.pt"), "init": str(model_path),
                                "lr": 0.0001, "diameter_px": 14, "epochs": 2, "context_px": 4,
-                               "select_by": "seg"})
+                               "select_by": "seg", "augment": "standard"})
     proc = snakemake(tmp_path, "--configfile", str(config), "-n", "-p", "train")
     assert job_counts(proc.stdout) == {"train": 1}, proc.stdout
     output = proc.stdout + proc.stderr
     command = next(line for line in output.splitlines() if "mediar3d train " in line)
     for part in (f"--init {shlex.quote(str(model_path))}", "--lr 0.0001", "--diameter-px 14", "--epochs 2", "--context-px 4",
-                 "--select-by seg", f"--data {shlex.quote(str(dataset))}"):  # paths quoted: the dataset's holds a space
+                 "--select-by seg", "--augment standard", "--workers 1", f"--data {shlex.quote(str(dataset))}"):  # paths quoted: the dataset's holds a space
         assert part in command, (part, command)
     config = run_config(tmp_path, "out", dataset, model_path,
                         train={"data": [str(dataset)], "init": str(tmp_path / "absent.pt")})

@@ -18,7 +18,7 @@ INPUTS = ("data", "val_data")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mediar3d.model import DECODERS, ENCODERS
-    from mediar3d.train.config import SELECT_BY
+    from mediar3d.train.config import AUGMENTS, SELECT_BY
     from mediar3d.train import TrainConfig
 
     d = TrainConfig()
@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "volumes through the pipeline, the --init weights counting as epoch 0 (the last epoch "
                              "then goes to <CKPT stem>_train/last.pt; costs one segmentation of each validation "
                              "volume per epoch)")
+    parser.add_argument("--augment", default=d.augment, choices=AUGMENTS,
+                        help="intensity augmentation: 'standard' (contrast, gamma 0.6-1.6, blur, noise: stages 1-5 of "
+                             "the shipped model) or 'robust' (also camera saturation, gamma 0.4-2.5 and illumination "
+                             f"ramps; default {d.augment})")
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     parser.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall-time budget")
     parser.add_argument("--stop-epoch", type=int, metavar="N",
@@ -64,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="torch CPU threads (default min(2, cores))")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="processes preparing the training volumes (slices and flow targets; default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -80,13 +86,14 @@ def run(args: argparse.Namespace) -> int:
                              val_slices_per_view=args.val_slices_per_view,
                              half_weights=not args.fp32_weights, max_minutes=args.max_minutes,
                              init_checkpoint=str(args.init) if args.init else None,
-                             stop_epoch=args.stop_epoch, context_px=args.context_px, select_by=args.select_by)
+                             stop_epoch=args.stop_epoch, context_px=args.context_px, select_by=args.select_by,
+                             augment=args.augment)
     except ValueError as exc:
         from mediar3d.errors import ConfigError
 
         raise ConfigError(str(exc)) from exc
     last = train(args.data, args.out, config, val_dirs=args.val_data, device=args.device, resume=args.resume,
-                 cache_dir=args.cache, progress=not args.no_progress)
+                 cache_dir=args.cache, progress=not args.no_progress, workers=max(1, args.workers))
     print(f"wrote {args.out}: epoch {last.get('epoch')}, val loss {last.get('val_loss', float('nan')):.4f}, "
           f"val AP@0.5 {last.get('val_ap50', float('nan')):.3f}")
     if args.select_by == "seg":

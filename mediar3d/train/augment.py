@@ -1,10 +1,12 @@
 """Augmentation of training crops: scale jitter, flips and 90 degree rotations (flow vectors
-transformed with the image), anisotropic blur, intensity contrast, gamma and noise, and for 2.5D
-input the mirror along the slice normal (context planes swapped); `CropSampler` draws batches of
-(image (B, C, H, W), flows (B, 2, H, W), foreground (B, 1, H, W)), C = 1 or 3 (2.5D)."""
+transformed with the image), anisotropic blur, intensity contrast, gamma and noise (with the "robust"
+preset also camera saturation and illumination ramps), and for 2.5D input the mirror along the slice
+normal (context planes swapped); `CropSampler` draws batches of (image (B, C, H, W), flows (B, 2, H, W),
+foreground (B, 1, H, W)), C = 1 or 3 (2.5D)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -43,12 +45,54 @@ def anisotropic_blur(image: torch.Tensor, axis: int, factor: float) -> torch.Ten
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).reshape(image.shape)
 
 
-def intensity_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class IntensityAugment:
+    """Ranges of the intensity augmentation of one preset (`TrainConfig.augment`)."""
+
+    gamma: tuple[float, float]       # gamma drawn log-uniformly in this range (half of the crops)
+    ramp_prob: float = 0.0           # an illumination ramp: the image times 1 -> `ramp_floor` across the crop
+    ramp_floor: tuple[float, float] = (0.15, 0.7)
+    saturation_prob: float = 0.0     # camera saturation: clipped at a fraction of the crop's 99.5th percentile
+    saturation_level: tuple[float, float] = (0.3, 0.9)
+
+
+#: the presets of `TrainConfig.augment` ("standard" draws exactly the random numbers stages 1-5 drew)
+INTENSITY_AUGMENTS = {
+    "standard": IntensityAugment(gamma=(0.6, 1.6)),
+    "robust": IntensityAugment(gamma=(0.4, 2.5), ramp_prob=0.25, saturation_prob=0.2),
+}
+
+
+def illumination_ramp(image: torch.Tensor, floor: float, axis: int, reverse: bool) -> torch.Tensor:
+    """(C, H, W) image times a linear ramp from 1 to `floor` along image `axis` (0 rows, 1 columns):
+    signal dimmed with depth (xz/yz slices) or across the field (xy); the normalized background (~0)
+    stays where it is."""
+    n = image.shape[1 + axis]
+    ramp = torch.linspace(1.0, floor, n) if not reverse else torch.linspace(floor, 1.0, n)
+    return image * (ramp[:, None] if axis == 0 else ramp[None, :])
+
+
+def saturate(image: torch.Tensor, level: float) -> torch.Tensor:
+    """(C, H, W) image clipped at `level` x its 99.5th percentile and stretched so the plateau is 1: a
+    saturated camera normalized by the volume's percentiles, which then fall on the plateau."""
+    top = float(torch.quantile(image.reshape(-1)[::7].float(), 0.995)) * level
+    if top <= 0:
+        return image
+    return image.clamp(max=top) / top
+
+
+def intensity_augment(image: torch.Tensor, rng: np.random.Generator,
+                      preset: IntensityAugment = INTENSITY_AUGMENTS["standard"]) -> torch.Tensor:
     """Random contrast/brightness, gamma, blur and Gaussian noise of a normalized (C, H, W) image (the
-    same contrast, gamma and blur on every channel, independent noise)."""
+    same contrast, gamma and blur on every channel, independent noise); with `preset`'s probabilities
+    also an illumination ramp (first) and camera saturation (last, over the noise)."""
+    if preset.ramp_prob and rng.random() < preset.ramp_prob:
+        image = illumination_ramp(image, float(rng.uniform(*preset.ramp_floor)), int(rng.integers(2)),
+                                  bool(rng.integers(2)))
     image = image * float(rng.uniform(0.7, 1.3)) + float(rng.uniform(-0.1, 0.1))
     if rng.random() < 0.5:
-        gamma = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+        lo, hi = preset.gamma
+        gamma = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         image = torch.sign(image) * image.abs().pow(gamma)
     if rng.random() < 0.3:
         sigma = float(rng.uniform(0.3, 1.2))
@@ -61,6 +105,8 @@ def intensity_augment(image: torch.Tensor, rng: np.random.Generator) -> torch.Te
         image = x[:, 0]
     if rng.random() < 0.7:
         image = image + float(rng.uniform(0.0, 0.12)) * torch.randn(image.shape, generator=_torch_gen(rng))
+    if preset.saturation_prob and rng.random() < preset.saturation_prob:
+        image = saturate(image, float(rng.uniform(*preset.saturation_level)))
     return image
 
 
@@ -123,7 +169,7 @@ def augmented_crop(sample: SliceSample, config: TrainConfig, rng: np.random.Gene
     img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     if rng.random() < config.aniso_blur_prob:
         img = anisotropic_blur(img, int(rng.integers(2)), float(rng.uniform(1.5, config.aniso_factor_max)))
-    img = intensity_augment(img, rng)
+    img = intensity_augment(img, rng, INTENSITY_AUGMENTS[config.augment])
     return (img.numpy().astype(np.float32), (flows * FLOW_SCALE).astype(np.float32),
             np.ascontiguousarray(fg[None], dtype=np.float32))
 

@@ -7,12 +7,16 @@ from dataclasses import dataclass
 
 from mediar3d.pipeline import DEFAULT_PERCENTILES, VIEWS
 
-__all__ = ["FLOW_LOSS_WEIGHT", "SELECT_BY", "TrainConfig", "VIEWS"]
+__all__ = ["AUGMENTS", "FLOW_LOSS_WEIGHT", "SELECT_BY", "TrainConfig", "VIEWS"]
 
 #: weight of the flow MSE relative to the BCE (Cellpose halves the flow loss)
 FLOW_LOSS_WEIGHT = 0.5
 #: how the output checkpoint's epoch is chosen (`TrainConfig.select_by`)
 SELECT_BY = ("last", "seg")
+#: intensity augmentation (`TrainConfig.augment`): "standard" is what stages 1-5 of the shipped model trained
+#: with (contrast, gamma 0.6-1.6, blur, noise); "robust" adds acquisition artefacts (camera saturation, gamma
+#: 0.4-2.5, a smooth illumination ramp), see `mediar3d.train.augment.INTENSITY_AUGMENTS`
+AUGMENTS = ("standard", "robust")
 
 
 @dataclass
@@ -47,6 +51,8 @@ class TrainConfig:
     #: which epoch the output checkpoint holds: "last", or "seg": the best mean 3D SEG of the validation
     #: volumes through the pipeline (the --init weights count as epoch 0: kept unless an epoch beats them)
     select_by: str = "last"
+    #: intensity augmentation preset, one of AUGMENTS
+    augment: str = "robust"
 
     def __post_init__(self):
         if self.crop % 32:
@@ -57,5 +63,7 @@ class TrainConfig:
             raise ValueError(f"context_px must be >= 0, got {self.context_px}")
         if self.select_by not in SELECT_BY:
             raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         self.percentiles = tuple(float(p) for p in self.percentiles)
         self.scale_range = tuple(float(s) for s in self.scale_range)

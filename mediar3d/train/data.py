@@ -198,13 +198,26 @@ def prepare_volume(record: VolumeRecord, config: TrainConfig, cache_dir: Path | 
 
 
 def prepare_slices(records: Sequence[VolumeRecord], config: TrainConfig, cache_dir: Path | None = None,
-                   progress: bool = True) -> tuple[list[SliceSample], list[float]]:
-    """Slices of all volumes (tqdm progress) and the iso voxel edge (um) of each volume."""
+                   progress: bool = True, workers: int = 1) -> tuple[list[SliceSample], list[float]]:
+    """Slices of all volumes (tqdm progress) and the iso voxel edge (um) of each volume, in the order of
+    `records`; with `workers` > 1 the volumes are prepared in that many processes."""
     from tqdm.auto import tqdm
 
-    samples, iso_sizes = [], []
-    for record in tqdm(records, desc="preparing volumes", unit="vol", disable=not progress):
-        got, iso_um = prepare_volume(record, config, cache_dir)
-        samples.extend(got)
-        iso_sizes.append(iso_um)
-    return samples, iso_sizes
+    bar = tqdm(total=len(records), desc="preparing volumes", unit="vol", disable=not progress)
+    results = []
+    if workers > 1 and len(records) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")  # torch and numba threads do not survive a fork
+        with ProcessPoolExecutor(max_workers=min(workers, len(records)), mp_context=context) as pool:
+            for got in pool.map(prepare_volume, records, [config] * len(records), [cache_dir] * len(records)):
+                results.append(got)
+                bar.update()
+    else:
+        for record in records:
+            results.append(prepare_volume(record, config, cache_dir))
+            bar.update()
+    bar.close()
+    samples = [s for got, _ in results for s in got]
+    return samples, [iso_um for _, iso_um in results]

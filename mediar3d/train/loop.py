@@ -351,7 +351,7 @@ class _SegSelection:
 
 def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig | None = None, *,
           val_dirs: Sequence[str | os.PathLike] | None = None, device: str = "auto", resume: bool = False,
-          cache_dir: str | os.PathLike | None = None, progress: bool = True) -> dict:
+          cache_dir: str | os.PathLike | None = None, progress: bool = True, workers: int = 1) -> dict:
     """Train a MEDIAR network on the full-3D GT frames of `dataset_dirs`; write the checkpoint `out`.
 
     Side outputs in `<out stem>_train/`: state.pt (resume), log.csv, log.json, loss_curve.png.
@@ -368,8 +368,8 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
     torch.manual_seed(config.seed)
     records, val_records = split_validation(find_volumes(dataset_dirs), find_volumes(val_dirs) if val_dirs else None)
     cache = Path(cache_dir) if cache_dir else None
-    samples, iso_sizes = prepare_slices(records, config, cache, progress)
-    val_samples, _ = prepare_slices(val_records, config, cache, progress) if val_records != records else (samples, [])
+    samples, iso_sizes = prepare_slices(records, config, cache, progress, workers)
+    val_samples, _ = prepare_slices(val_records, config, cache, progress, workers) if val_records != records else (samples, [])
     val_slices = validation_slices(val_samples, config.val_slices_per_view, config.val_size, config.seed + 1)
     log.info("training on %d slices of %d volumes (%s), validating on %d slices, device %s", len(samples),
              len(records), {v: sum(s.view == v for s in samples) for v in VIEWS}, len(val_slices), dev)

@@ -23,6 +23,7 @@ rule train:
                                        option("--diameter-px", TRAIN["diameter_px"]),
                                        option("--context-px", TRAIN["context_px"] or None),
                                        option("--select-by", TRAIN["select_by"]),
+                                       option("--augment", TRAIN["augment"]),
                                        option("--max-minutes", TRAIN["max_minutes"])])),
     log:
         f"{LOGS}/train/train.log",
@@ -36,5 +37,5 @@ rule train:
         ENV
     shell:
         "mediar3d train --data {input.data:q} --out {output:q} --encoder {params.encoder:q} --epochs {params.epochs}"
-        " --seed {params.seed} --device {params.device} --threads {threads} {params.options} --no-progress"
+        " --seed {params.seed} --device {params.device} --threads {threads} --workers {threads} {params.options} --no-progress"
         " > {log:q} 2>&1"
