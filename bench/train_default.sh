@@ -148,7 +148,11 @@ common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 -
 # commit ad5dca1) with the "robust" intensity augmentation (camera saturation, gamma 0.4-2.5, illumination
 # ramps) on the stage-4 volumes plus two more randomized rounds of the same mix (seeds 1040-1057), batch 16,
 # keeping the epoch with the best validation 3D SEG (seeds 1900). Volumes are made JOBS at a time and prepared
-# in JOBS processes. The checkpoint stays in $WORK/stage6.pt; its threshold is re-chosen unless TUNE=0.
+# in JOBS processes. The learning-rate schedule spans STAGE6_EPOCHS (10) epochs of 600 steps; the run stops
+# after STAGE6_STOP (5) of them (the recorded run on one H200 stopped there on a 5.5-minute budget, 334 s of
+# training and validation). The checkpoint stays in $WORK/stage6.pt; its threshold is re-chosen unless TUNE=0.
+# Not shipped: better on the synthetic validation volumes and their artefacts, but it drew the real BBBC050
+# nuclei 1.5x too large (bench/results/stage6_robust_augment.md).
 if [ "${FROM_STAGE:-1}" -ge 6 ]; then
   S4="$WORK/stage4"
   specs=()  # preset seed anisotropy z y x [--randomize]
@@ -175,7 +179,8 @@ if [ "${FROM_STAGE:-1}" -ge 6 ]; then
     --encoder mit_b0 --decoder small --crop 128 --diameter-px 14 --max-slices-per-view 24 --context-px 6 \
     --augment robust --batch "${STAGE6_BATCH:-16}" --epochs "${STAGE6_EPOCHS:-10}" --steps-per-epoch "${STAGE6_STEPS:-600}" \
     --lr 2e-4 --val-slices-per-view 8 --select-by seg --seed 0 --cache "$WORK/cache6" --workers "${JOBS:-2}" \
-    --device "${DEVICE:-auto}" --threads "${THREADS:-2}" --no-progress ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"}
+    --device "${DEVICE:-auto}" --threads "${THREADS:-2}" --no-progress --stop-epoch "${STAGE6_STOP:-5}" \
+    ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"}
   if [ "${TUNE:-1}" != 0 ]; then
     "$PY" bench/tune_postprocess.py --model "$WORK/stage6.pt" --work "$WORK/tune6" --out "$WORK/tune_postprocess6.md" \
       --thresholds 0.3 0.35 0.4 0.45 0.5 --min-fractions 0.15 --write

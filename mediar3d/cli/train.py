@@ -53,9 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "then goes to <CKPT stem>_train/last.pt; costs one segmentation of each validation "
                              "volume per epoch)")
     parser.add_argument("--augment", default=d.augment, choices=AUGMENTS,
-                        help="intensity augmentation: 'standard' (contrast, gamma 0.6-1.6, blur, noise: stages 1-5 of "
-                             "the shipped model) or 'robust' (also camera saturation, gamma 0.4-2.5 and illumination "
-                             f"ramps; default {d.augment})")
+                        help="intensity augmentation: 'standard' (contrast, gamma 0.6-1.6, blur, noise: the shipped "
+                             "model's) or 'robust' (also camera saturation, gamma 0.4-2.5 and illumination ramps: sturdier "
+                             "on such artefacts, but it drew real nuclei too large in bench/results/"
+                             f"stage6_robust_augment.md; default {d.augment})")
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
     parser.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this wall-time budget")
     parser.add_argument("--stop-epoch", type=int, metavar="N",

@@ -56,7 +56,8 @@ class IntensityAugment:
     saturation_level: tuple[float, float] = (0.3, 0.9)
 
 
-#: the presets of `TrainConfig.augment` ("standard" draws exactly the random numbers stages 1-5 drew)
+#: the presets of `TrainConfig.augment` ("standard" draws exactly the random numbers stages 1-5 drew; "robust" is
+#: opt-in, see `mediar3d.train.config.AUGMENTS`)
 INTENSITY_AUGMENTS = {
     "standard": IntensityAugment(gamma=(0.6, 1.6)),
     "robust": IntensityAugment(gamma=(0.4, 2.5), ramp_prob=0.25, saturation_prob=0.2),

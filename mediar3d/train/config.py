@@ -13,9 +13,11 @@ __all__ = ["AUGMENTS", "FLOW_LOSS_WEIGHT", "SELECT_BY", "TrainConfig", "VIEWS"]
 FLOW_LOSS_WEIGHT = 0.5
 #: how the output checkpoint's epoch is chosen (`TrainConfig.select_by`)
 SELECT_BY = ("last", "seg")
-#: intensity augmentation (`TrainConfig.augment`): "standard" is what stages 1-5 of the shipped model trained
-#: with (contrast, gamma 0.6-1.6, blur, noise); "robust" adds acquisition artefacts (camera saturation, gamma
-#: 0.4-2.5, a smooth illumination ramp), see `mediar3d.train.augment.INTENSITY_AUGMENTS`
+#: intensity augmentation (`TrainConfig.augment`): "standard" is what the shipped model trained with
+#: (contrast, gamma 0.6-1.6, blur, noise); "robust" adds acquisition artefacts (camera saturation, gamma
+#: 0.4-2.5, a smooth illumination ramp), see `mediar3d.train.augment.INTENSITY_AUGMENTS`. "robust" is opt-in:
+#: it made the model sturdier against those artefacts on synthetic volumes but drew real BBBC050 nuclei
+#: 1.5x too large (bench/results/stage6_robust_augment.md)
 AUGMENTS = ("standard", "robust")
 
 
@@ -52,7 +54,7 @@ class TrainConfig:
     #: volumes through the pipeline (the --init weights count as epoch 0: kept unless an epoch beats them)
     select_by: str = "last"
     #: intensity augmentation preset, one of AUGMENTS
-    augment: str = "robust"
+    augment: str = "standard"
 
     def __post_init__(self):
         if self.crop % 32:
