@@ -67,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, metavar="DIR", help="cache of per-slice flow targets (npz per volume)")
     parser.add_argument("--resume", action="store_true", help="continue from <CKPT stem>_train/state.pt when present")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="autocast of the training step: auto = fp16 on CUDA, fp32 on the CPU; bf16 on a CPU with "
+                             "native bf16 units (Intel AMX, AVX-512 BF16) is faster there (weights and optimizer stay "
+                             "float32; default auto)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="torch CPU threads (default min(2, cores))")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
@@ -94,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise ConfigError(str(exc)) from exc
     last = train(args.data, args.out, config, val_dirs=args.val_data, device=args.device, resume=args.resume,
-                 cache_dir=args.cache, progress=not args.no_progress, workers=max(1, args.workers))
+                 cache_dir=args.cache, progress=not args.no_progress, workers=max(1, args.workers),
+                 precision=args.precision)
     print(f"wrote {args.out}: epoch {last.get('epoch')}, val loss {last.get('val_loss', float('nan')):.4f}, "
           f"val AP@0.5 {last.get('val_ap50', float('nan')):.3f}")
     if args.select_by == "seg":

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mediar3d.errors import InputError
-from mediar3d.infer import resolve_device
+from mediar3d.infer import AUTOCAST_DTYPES, resolve_device
 from mediar3d.model import FLOW_SCALE, build_model, save_checkpoint
 from mediar3d.train.augment import CropSampler
 from mediar3d.train.config import FLOW_LOSS_WEIGHT, VIEWS, TrainConfig
@@ -36,6 +36,17 @@ def segmentation_loss(output: torch.Tensor, flows: torch.Tensor, fg: torch.Tenso
     bce = F.binary_cross_entropy_with_logits(output[:, 2:3], fg)
     mse = F.mse_loss(output[:, :2], flows)
     return bce + FLOW_LOSS_WEIGHT * mse, bce, mse
+
+
+def resolve_train_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """(precision the training step runs at: fp32 | bf16 | fp16, why). "auto": fp16 autocast (with loss
+    scaling) on CUDA, fp32 on the CPU; bf16 autocast on the CPU only when asked for (no loss scaling needed:
+    bf16 has fp32's range). Weights, gradients and the optimizer stay float32 in every case."""
+    from mediar3d.infer import resolve_precision
+
+    if precision == "auto":
+        return ("fp16", "auto: CUDA") if device.type == "cuda" else ("fp32", "auto: CPU")
+    return resolve_precision(precision, device)
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, min_fraction: float) -> float:
@@ -351,9 +362,11 @@ class _SegSelection:
 
 def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, config: TrainConfig | None = None, *,
           val_dirs: Sequence[str | os.PathLike] | None = None, device: str = "auto", resume: bool = False,
-          cache_dir: str | os.PathLike | None = None, progress: bool = True, workers: int = 1) -> dict:
+          cache_dir: str | os.PathLike | None = None, progress: bool = True, workers: int = 1,
+          precision: str = "auto") -> dict:
     """Train a MEDIAR network on the full-3D GT frames of `dataset_dirs`; write the checkpoint `out`.
 
+    `precision` (auto | fp32 | bf16 | fp16, `resolve_train_precision`) is the forward pass's autocast.
     Side outputs in `<out stem>_train/`: state.pt (resume), log.csv, log.json, loss_curve.png.
     Returns the last epoch's log row. With `config.select_by` "seg" `out` holds the epoch (or the
     --init weights) with the best validation 3D SEG and last.pt the last epoch. With `config.max_minutes` the run stops after the epoch that
@@ -383,8 +396,10 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
     total = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, config.warmup_fraction, config.min_lr_fraction))
-    use_amp = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    chosen, why = resolve_train_precision(precision, dev)
+    autocast_dtype = AUTOCAST_DTYPES[chosen]
+    scaler = torch.amp.GradScaler("cuda") if chosen == "fp16" else None
+    log.info("training step at %s precision (%s)", chosen, why)
     sampler = CropSampler(samples, config, config.seed)
     state_path = _state_path(out)
     state = TrainState()
@@ -394,7 +409,7 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
     meta = {"train_diameter_px": config.train_diameter_px, "norm_percentiles": list(config.percentiles),
             "voxel_size_um": [float(np.median(iso_sizes))] * 3 if iso_sizes else None,
             "training_data": data_summary(records, samples, iso_sizes, val_records),
-            "train_config": _config_dict(config), "device": str(dev)}
+            "train_config": _config_dict(config), "device": str(dev), "train_precision": chosen}
     select = _SegSelection(config, val_records, meta, dev) if config.select_by == "seg" else None
     if select is not None and state.best_epoch < 0:
         select.start(model, out, state)
@@ -407,7 +422,8 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
                    disable=not progress, leave=False)
         for _ in bar:
             x, flows, fg = (t.to(dev, non_blocking=True) for t in sampler.batch())
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device_type=dev.type, dtype=autocast_dtype or torch.float32,
+                                enabled=autocast_dtype is not None):
                 output = model(x)
             loss, bce, mse = segmentation_loss(output, flows, fg)
             optimizer.zero_grad(set_to_none=True)
