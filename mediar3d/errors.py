@@ -13,6 +13,9 @@ class InputError(ValueError):
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
 
+    def __reduce__(self):  # the same error out of a worker process (multiprocessing pickles it)
+        return type(self), (self.path, self.problem)
+
 
 class ConfigError(ValueError):
     """Invalid configuration (unknown key, wrong type, inconsistent values)."""

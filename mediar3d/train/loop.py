@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mediar3d.errors import InputError
-from mediar3d.infer import AUTOCAST_DTYPES, resolve_device
+from mediar3d.infer import AUTOCAST_DTYPES, resolve_device, resolve_precision
 from mediar3d.model import FLOW_SCALE, build_model, save_checkpoint
 from mediar3d.train.augment import CropSampler
 from mediar3d.train.config import FLOW_LOSS_WEIGHT, VIEWS, TrainConfig
@@ -36,17 +36,6 @@ def segmentation_loss(output: torch.Tensor, flows: torch.Tensor, fg: torch.Tenso
     bce = F.binary_cross_entropy_with_logits(output[:, 2:3], fg)
     mse = F.mse_loss(output[:, :2], flows)
     return bce + FLOW_LOSS_WEIGHT * mse, bce, mse
-
-
-def resolve_train_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """(precision the training step runs at: fp32 | bf16 | fp16, why). "auto": fp16 autocast (with loss
-    scaling) on CUDA, fp32 on the CPU; bf16 autocast on the CPU only when asked for (no loss scaling needed:
-    bf16 has fp32's range). Weights, gradients and the optimizer stay float32 in every case."""
-    from mediar3d.infer import resolve_precision
-
-    if precision == "auto":
-        return ("fp16", "auto: CUDA") if device.type == "cuda" else ("fp32", "auto: CPU")
-    return resolve_precision(precision, device)
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, min_fraction: float) -> float:
@@ -366,7 +355,8 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
           precision: str = "auto") -> dict:
     """Train a MEDIAR network on the full-3D GT frames of `dataset_dirs`; write the checkpoint `out`.
 
-    `precision` (auto | fp32 | bf16 | fp16, `resolve_train_precision`) is the forward pass's autocast.
+    `precision` (auto | fp32 | bf16 | fp16, as inference resolves it: `mediar3d.infer.resolve_precision`) is
+    the forward pass's autocast (fp16 with loss scaling; weights, gradients and optimizer stay float32).
     Side outputs in `<out stem>_train/`: state.pt (resume), log.csv, log.json, loss_curve.png.
     Returns the last epoch's log row. With `config.select_by` "seg" `out` holds the epoch (or the
     --init weights) with the best validation 3D SEG and last.pt the last epoch. With `config.max_minutes` the run stops after the epoch that
@@ -396,7 +386,7 @@ def train(dataset_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, con
     total = config.epochs * config.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, config.warmup_fraction, config.min_lr_fraction))
-    chosen, why = resolve_train_precision(precision, dev)
+    chosen, why = resolve_precision(precision, dev)
     autocast_dtype = AUTOCAST_DTYPES[chosen]
     scaler = torch.amp.GradScaler("cuda") if chosen == "fp16" else None
     log.info("training step at %s precision (%s)", chosen, why)
