@@ -142,7 +142,7 @@ PYEOF
 
 STAGE2="$WORK/stage2.pt"
 common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 --max-slices-per-view 24
-        --seed 0 --threads 2 --no-progress --augment standard)
+        --seed 0 --threads 2 --no-progress --augment standard --precision "${PRECISION:-fp32}")  # stages 1-5 ran fp32
 
 # stage 6 (FROM_STAGE=6; sized for a GPU): fine-tunes stage 5 (INIT, default models/mediar3d_default.pt as of
 # commit ad5dca1) with the "robust" intensity augmentation (camera saturation, gamma 0.4-2.5, illumination

@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="autocast of the training step: auto = fp16 (with loss scaling) on CUDA, bf16 on a CPU "
-                             "with native bf16 units (Intel AMX, AVX-512 BF16; 1.4x faster on an AMX Xeon, same "
+                             "with native bf16 units (Intel AMX, AVX-512 BF16; 1.39x faster on an AMX Xeon, same "
                              "validation SEG), else fp32; weights and optimizer stay float32 (default auto)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="torch CPU threads (default min(2, cores))")
