@@ -19,14 +19,10 @@ synth() { # preset seed anisotropy z y x [--randomize] -> prints the dataset fol
     --shape "$4" "$5" "$6" --frames 1 ${7:-} --out "$d" >/dev/null 2>&1
   printf '%s ' "$d"
 }
-data=""
-i=0; for a in 2 3 4 4 5 6 8 8; do data+=$(synth zebrafish $((1010 + i)) $a 32 256 256 --randomize); i=$((i + 1)); done
-i=0; for a in 4 6 8 10; do data+=$(synth celegans $((1010 + i)) $a 16 256 256 --randomize); i=$((i + 1)); done
-i=0; for a in 1 2 2 3 4 2; do data+=$(synth sparse $((1010 + i)) $a 24 128 128 --randomize); i=$((i + 1)); done
-i=0; for z in 5 6 6 8; do data+=$(synth thin $((1010 + i)) 5 $z 256 256 --randomize); i=$((i + 1)); done
-data+=$(synth zebrafish 1020 4 32 256 256)$(synth celegans 1020 10 16 256 256)
-data+=$(synth sparse 1020 2 24 128 128)$(synth thin 1020 5 6 256 256)
-val="$(synth zebrafish 1900 4 32 256 256)$(synth thin 1900 5 6 256 256)$(synth sparse 1900 2 24 128 128)"
+source bench/stage4_specs.sh  # stage4_randomized, STAGE4_PLAIN, STAGE4_VAL
+data="" val=""
+while read -r spec; do data+=$(synth $spec); done < <(stage4_randomized; printf '%s\n' "${STAGE4_PLAIN[@]}")
+for spec in "${STAGE4_VAL[@]}"; do val+=$(synth $spec); done
 # the slices are prepared once, before any timed run
 "$PY" -m mediar3d train --data $data --val-data $val --out "$WORK/warmup.pt" --init models/mediar3d_default.pt \
   --context-px 6 --epochs 1 --steps-per-epoch 1 --batch 2 --diameter-px 14 --max-slices-per-view 24 \

@@ -140,6 +140,7 @@ if __name__ == "__main__":
         sys.exit(main(["train"] + sys.argv[2:]))
 PYEOF
 
+source bench/stage4_specs.sh  # stage4_randomized, STAGE4_PLAIN, STAGE4_VAL
 STAGE2="$WORK/stage2.pt"
 common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 --max-slices-per-view 24
         --seed 0 --threads 2 --no-progress --augment standard --precision "${PRECISION:-fp32}")  # stages 1-5 ran fp32
@@ -155,15 +156,9 @@ common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 -
 # nuclei 1.5x too large (bench/results/stage6_robust_augment.md).
 if [ "${FROM_STAGE:-1}" -ge 6 ]; then
   S4="$WORK/stage4"
-  specs=()  # preset seed anisotropy z y x [--randomize]
-  for round in 0 30 40; do
-    i=0; for a in 2 3 4 4 5 6 8 8; do specs+=("zebrafish $((1010 + round + i)) $a 32 256 256 --randomize"); i=$((i + 1)); done
-    i=0; for a in 4 6 8 10; do specs+=("celegans $((1010 + round + i)) $a 16 256 256 --randomize"); i=$((i + 1)); done
-    i=0; for a in 1 2 2 3 4 2; do specs+=("sparse $((1010 + round + i)) $a 24 128 128 --randomize"); i=$((i + 1)); done
-    i=0; for z in 5 6 6 8; do specs+=("thin $((1010 + round + i)) 5 $z 256 256 --randomize"); i=$((i + 1)); done
-  done
-  specs+=("zebrafish 1020 4 32 256 256" "celegans 1020 10 16 256 256" "sparse 1020 2 24 128 128" "thin 1020 5 6 256 256")
-  val_specs=("zebrafish 1900 4 32 256 256" "thin 1900 5 6 256 256" "sparse 1900 2 24 128 128")
+  mapfile -t specs < <(for round in 0 30 40; do stage4_randomized $round; done)
+  specs+=("${STAGE4_PLAIN[@]}")
+  val_specs=("${STAGE4_VAL[@]}")
   data="" val="" todo=()
   for spec in "${specs[@]}" "${val_specs[@]}"; do
     read -r preset seed aniso z y x flag <<<"$spec"
@@ -244,14 +239,9 @@ synth4() { # preset seed anisotropy z y x [--randomize]
     --shape "$4" "$5" "$6" --frames 1 ${7:-} --out "$d" >/dev/null
   printf '%s ' "$d"
 }
-stage4_data=""
-i=0; for a in 2 3 4 4 5 6 8 8; do stage4_data+=$(synth4 zebrafish $((1010 + i)) $a 32 256 256 --randomize); i=$((i + 1)); done
-i=0; for a in 4 6 8 10; do stage4_data+=$(synth4 celegans $((1010 + i)) $a 16 256 256 --randomize); i=$((i + 1)); done
-i=0; for a in 1 2 2 3 4 2; do stage4_data+=$(synth4 sparse $((1010 + i)) $a 24 128 128 --randomize); i=$((i + 1)); done
-i=0; for z in 5 6 6 8; do stage4_data+=$(synth4 thin $((1010 + i)) 5 $z 256 256 --randomize); i=$((i + 1)); done
-stage4_data+=$(synth4 zebrafish 1020 4 32 256 256)$(synth4 celegans 1020 10 16 256 256)
-stage4_data+=$(synth4 sparse 1020 2 24 128 128)$(synth4 thin 1020 5 6 256 256)
-val4="$(synth4 zebrafish 1900 4 32 256 256)$(synth4 thin 1900 5 6 256 256)$(synth4 sparse 1900 2 24 128 128)"
+stage4_data="" val4=""
+while read -r spec; do stage4_data+=$(synth4 $spec); done < <(stage4_randomized; printf '%s\n' "${STAGE4_PLAIN[@]}")
+for spec in "${STAGE4_VAL[@]}"; do val4+=$(synth4 $spec); done
 if [ "${FROM_STAGE:-1}" -le 4 ]; then
 "$PY" -m mediar3d train --data $stage4_data --val-data $val4 --out "$WORK/stage4.pt" --init "$STAGE3" \
   --epochs ${STAGE4_EPOCHS:-12} --steps-per-epoch 150 --lr 2e-4 --val-slices-per-view 8 --cache "$WORK/cache4" \
