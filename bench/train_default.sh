@@ -6,7 +6,7 @@
 #   OUT=/tmp/m.pt bash bench/train_default.sh
 #   FROM_STAGE=3 bash bench/train_default.sh      # stage 3 only, from the stage-2 weights kept in git history
 #   FROM_STAGE=5 bash bench/train_default.sh   # the shipped stage 5 (2.5D) from stage 4 (15 min idle)
-#   FROM_STAGE=6 DEVICE=cuda JOBS=16 THREADS=8 bash bench/train_default.sh   # stage 6 from stage 5 (made for a GPU)
+#   FROM_STAGE=6 DEVICE=cuda JOBS=16 THREADS=4 bash bench/train_default.sh   # stage 6 from stage 5 (a GPU; not shipped)
 #
 # Three stages. Stages 1-2 predate mediar3d.synthetic and half of mediar3d.flows: they trained on the
 # random ellipsoid-nuclei volumes written by the generator below (seeds 2000-2020 for training, 2900
