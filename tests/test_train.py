@@ -324,6 +324,22 @@ def test_train_on_cuda_without_cuda_is_a_clear_error(datasets, tmp_path, capsys)
     assert "CUDA is not available" in capsys.readouterr().err
 
 
+def test_train_cli_passes_augment_precision_and_workers(datasets, tmp_path):
+    """`mediar3d train --augment robust --precision fp32 --workers 2` reaches the run: the checkpoint records the
+    augmentation and the precision; an unknown augmentation is refused by the parser."""
+    from mediar3d.cli import main
+
+    out = tmp_path / "cli.pt"
+    assert main(["train", "--data", str(datasets[0]), "--val-data", str(datasets[1]), "--out", str(out),
+                 "--epochs", "1", "--steps-per-epoch", "1", "--batch", "2", "--crop", "64", "--diameter-px", "12",
+                 "--max-slices-per-view", "4", "--val-slices-per-view", "1", "--augment", "robust",
+                 "--precision", "fp32", "--workers", "2", "--device", "cpu", "--no-progress"]) == 0
+    meta = load_checkpoint(out)[1]
+    assert meta["train_config"]["augment"] == "robust" and meta["train_precision"] == "fp32"
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(datasets[0]), "--out", str(out), "--augment", "strong"])
+
+
 def _weights(path):
     from mediar3d.model import read_checkpoint
 
