@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from mediar3d.evaluate import evaluate_frame  # noqa: E402
 from mediar3d.infer import load_model  # noqa: E402
-from mediar3d.pipeline import norm_mode, segment_volume  # noqa: E402
-from mediar3d.resample import diameter_from_labels, norm_range_of  # noqa: E402
-from mediar3d.size import estimate_diameter  # noqa: E402
+from mediar3d.pipeline import estimate_frame_diameter, segment_volume  # noqa: E402
+from mediar3d.resample import diameter_from_labels  # noqa: E402
 
 from bench_error_budget import load_case, synthetic_case  # noqa: E402
 
@@ -70,10 +69,7 @@ def run_case(image, gt, voxel, model, meta, perturbation: str, rng) -> dict:
     x = PERTURBATIONS[perturbation](image.copy(), rng).astype(np.float32)
     truth = diameter_from_labels(gt, voxel)
     t0 = time.perf_counter()
-    mode = norm_mode(meta)  # the estimate as the resample stage makes it (`resample.resample_frame`)
-    found = estimate_diameter(x, voxel, model, float(meta["train_diameter_px"]),
-                              norm_range_of(x, meta["norm_percentiles"], mode), flow_scale=meta.get("flow_scale"),
-                              norm_clip=mode == "nonzero-clip")
+    found = estimate_frame_diameter(x, voxel, model, meta)  # as the resample stage estimates it
     with tempfile.TemporaryDirectory() as tmp:
         labels = segment_volume(x, voxel, Path(tmp), model=model, meta=meta, diameter_um=found.diameter_um,
                                 device="cpu", progress=False)

@@ -168,6 +168,20 @@ def train_diameter_px(meta: Mapping) -> float | None:
     return float(value) if value else None
 
 
+def estimate_frame_diameter(volume, voxel_size: Sequence[float], model, meta: Mapping, *,
+                            settings: Settings | None = None, device="cpu", **options):
+    """The diameter estimate (`mediar3d.size.SizeEstimate`, um) the resample stage makes for a raw (Z, Y, X)
+    frame with `--diameter auto`: the checkpoint's normalization (percentiles, mode, clip), training diameter
+    and flow scale, as `resample` passes them. `options` go to `mediar3d.size.estimate_diameter`."""
+    from mediar3d.resample import norm_range_of
+    from mediar3d.size import estimate_diameter
+
+    mode = norm_mode(meta)
+    norm_range = norm_range_of(volume, norm_percentiles(settings or Settings(), meta), mode)
+    return estimate_diameter(volume, voxel_size, model, train_diameter_px(meta), norm_range, device=device,
+                             flow_scale=meta.get("flow_scale"), norm_clip=mode == "nonzero-clip", **options)
+
+
 # ---------------------------------------------------------------------------------------------
 # the stages of one frame
 

@@ -97,6 +97,34 @@ def test_estimate_with_the_shipped_network_on_held_out_synthetic_data(tmp_path):
         assert found.steps and "um" in found.describe()
 
 
+def test_frame_estimate_is_the_one_the_resample_stage_makes(tmp_path):
+    """`pipeline.estimate_frame_diameter` (what the benches call) takes the checkpoint's normalization as the
+    resample stage does: with percentiles other than the defaults in the meta, its answer is the diameter the
+    stage records, and differs from the answer with the default percentiles."""
+    import torch
+    import zarr
+
+    from mediar3d import pipeline
+    from mediar3d.infer import load_model
+    from mediar3d.io.ctc import read_frame
+    from mediar3d.model import DEFAULT_MODEL
+    from mediar3d.synthetic import make_dataset
+
+    data = make_dataset("sparse", 3, tmp_path / "sparse", frames=1, shape=(12, 80, 80))
+    image = read_frame(data / "01" / "t000.tif")
+    model, meta = load_model(DEFAULT_MODEL, torch.device("cpu"))
+    voxel = (1.0, 0.5, 0.5)
+    own = {**meta, "norm_percentiles": [30.0, 99.99]}
+    found = pipeline.estimate_frame_diameter(image, voxel, model, own, max_iterations=2)
+    default = pipeline.estimate_frame_diameter(image, voxel, model, meta, max_iterations=2)
+    assert found.diameter_um != pytest.approx(default.diameter_um, rel=1e-6), (found.describe(), default.describe())
+    settings = pipeline.Settings(diameter="auto")
+    out = pipeline.resample(image, voxel, tmp_path / "iso.zarr", settings, meta=own, model=model)
+    attrs = zarr.open_array(str(out), mode="r").attrs if not hasattr(out, "attrs") else out.attrs
+    staged = pipeline.estimate_frame_diameter(image, voxel, model, own)
+    assert attrs["diameter_um"] == pytest.approx(staged.diameter_um), staged.describe()
+
+
 def test_estimate_starts_above_the_prior_so_split_objects_do_not_pull_it_down(monkeypatch):
     """A network that splits objects shown larger than its training size measures them small; started at
     the prior (8% under the truth) the iteration follows that down, started at START_FACTOR x the prior it
