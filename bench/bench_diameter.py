@@ -36,11 +36,11 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mediar3d.pipeline import segment_volume  # noqa: E402
+from mediar3d.pipeline import estimate_frame_diameter, segment_volume  # noqa: E402
 from mediar3d.evaluate import evaluate_frame  # noqa: E402
 from mediar3d.infer import load_model  # noqa: E402
-from mediar3d.resample import diameter_from_labels, percentile_range  # noqa: E402
-from mediar3d.size import estimate_diameter, geometric_mean  # noqa: E402
+from mediar3d.resample import diameter_from_labels  # noqa: E402
+from mediar3d.size import geometric_mean  # noqa: E402
 
 from bench_error_budget import BBBC050, load_case, synthetic_case  # noqa: E402
 
@@ -61,13 +61,17 @@ def seg_with(image, gt, voxel, model, meta, diameter) -> float:
     return float(evaluate_frame(labels, gt)["seg"])
 
 
+#: the answers a search that did not converge could give (`non_converged_answers`)
+NON_CONVERGED_ANSWERS = ("last measurement", "closest to its scale", "geometric mean")
+
+
 def non_converged_answers(found) -> dict[str, float]:
     """What a search that did not converge could answer, from the same steps: the last measurement
     (before), the measurement closest to its own scale, and the geometric mean of all (the estimator's);
     the estimate itself when it converged."""
     measured = [(g, m) for g, m, n in found.steps if n > 0 and np.isfinite(m)]
     if not measured or "not converged" not in found.reason:
-        return dict.fromkeys(("last measurement", "closest to its scale", "geometric mean"), found.diameter_um)
+        return dict.fromkeys(NON_CONVERGED_ANSWERS, found.diameter_um)
     return {"last measurement": measured[-1][1],
             "closest to its scale": min(measured, key=lambda gm: abs(np.log(gm[1] / gm[0])))[1],
             "geometric mean": geometric_mean([m for _, m in measured])}
@@ -87,13 +91,11 @@ def error_summary(table: pd.DataFrame, column: str) -> str:
 def compare_start_factors(items, model, meta, args) -> int:
     """estimate / GT per validation case for each start factor and, for the searches that did not
     converge, each answer they could give (`non_converged_answers`), side by side; the summary per column."""
-    train_px = float(meta["train_diameter_px"])
     rows = []
     for name, scale, img, lab, voxel in items:
         row = {"case": name, "scale": scale, "GT um": diameter_from_labels(lab, voxel)}
-        norm = percentile_range(img, meta["norm_percentiles"])
         for factor in args.start_factors:
-            found = estimate_diameter(img, voxel, model, train_px, norm, start_factor=factor)
+            found = estimate_frame_diameter(img, voxel, model, meta, start_factor=factor)
             row[f"start x{factor:g}: estimate / GT"] = found.diameter_um / row["GT um"]
             for answer, value in non_converged_answers(found).items():
                 row[f"start x{factor:g}, not converged -> {answer}: estimate / GT"] = value / row["GT um"]
@@ -107,10 +109,12 @@ def compare_start_factors(items, model, meta, args) -> int:
         lines.append(f"- {column.removesuffix(': estimate / GT')}: |estimate / GT - 1| {error_summary(table, column)}")
     for factor in args.start_factors:
         open_cases = table[~table[f"start x{factor:g}: converged"].astype(bool)]
-        lines.append(f"- start x{factor:g}, the {len(open_cases)} cases that did not converge, |estimate / GT - 1|: " + "; ".join(
-            f"{answer} mean {(open_cases[c] - 1).abs().mean():.3f}, within 15% in {int(((open_cases[c] - 1).abs() <= 0.15).sum())}"
-            for answer, c in ((c.split('-> ')[1].removesuffix(': estimate / GT'), c) for c in table.columns
-                              if c.startswith(f"start x{factor:g}, not converged"))))
+        parts = []
+        for answer in NON_CONVERGED_ANSWERS:
+            error = (open_cases[f"start x{factor:g}, not converged -> {answer}: estimate / GT"] - 1).abs()
+            parts.append(f"{answer} mean {error.mean():.3f}, within 15% in {int((error <= 0.15).sum())}")
+        lines.append(f"- start x{factor:g}, the {len(open_cases)} cases that did not converge, |estimate / GT - 1|: "
+                     + "; ".join(parts))
     lines += ["", table.to_markdown(index=False, floatfmt=".3f"), ""]
     write_report(args.out, lines)
     return 0
@@ -138,7 +142,6 @@ def main() -> int:
 
     set_threads(2)
     model, meta = load_model(args.model, torch.device("cpu"))
-    train_px = float(meta["train_diameter_px"])
     items = []
     offsets = range(args.validation_sets) if args.validation else [None]
     for offset in offsets:
@@ -158,7 +161,7 @@ def main() -> int:
     for name, scale, img, lab, voxel in items:
         truth = diameter_from_labels(lab, voxel)
         t0 = time.perf_counter()
-        found = estimate_diameter(img, voxel, model, train_px, percentile_range(img, meta["norm_percentiles"]))
+        found = estimate_frame_diameter(img, voxel, model, meta)
         row = {"case": name, "scale": scale, "shape": "x".join(map(str, img.shape)), "GT um": truth,
                "prior um": found.prior_um, "prior / GT": found.prior_um / truth, "estimate um": found.diameter_um,
                "estimate / GT": found.diameter_um / truth, "network steps": len(found.steps),
