@@ -13,13 +13,13 @@ WORK=${WORK:-bench/out/train_precision}
 S4=${S4:-$WORK/stage4}   # the volumes, named as bench/train_default.sh names them (made here when absent)
 OUT=${OUT:-bench/results/train_precision.md}
 mkdir -p "$WORK"
+source bench/stage4_specs.sh  # volume_dir, stage4_randomized, STAGE4_PLAIN, STAGE4_VAL
 synth() { # preset seed anisotropy z y x [--randomize] -> prints the dataset folder
-  local d="$S4/$1-$2-a$3${7:+-r}"
+  local d; d=$(volume_dir "$S4" "$@")
   [ -f "$d/dataset.json" ] || "$PY" -m mediar3d synth --preset "$1" --seed "$2" --anisotropy "$3" \
     --shape "$4" "$5" "$6" --frames 1 ${7:-} --out "$d" >/dev/null 2>&1
   printf '%s ' "$d"
 }
-source bench/stage4_specs.sh  # stage4_randomized, STAGE4_PLAIN, STAGE4_VAL
 data="" val=""
 while read -r spec; do data+=$(synth $spec); done < <(stage4_randomized; printf '%s\n' "${STAGE4_PLAIN[@]}")
 for spec in "${STAGE4_VAL[@]}"; do val+=$(synth $spec); done

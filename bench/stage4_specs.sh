@@ -1,6 +1,8 @@
 # The volumes stage 4 of the shipped model trained on (sourced by bench/train_default.sh and
-# bench/bench_train_precision.sh). One spec per volume: "preset seed anisotropy z y x [--randomize]";
-# a volume's folder is <preset>-<seed>-a<anisotropy>[-r].
+# bench/bench_train_precision.sh). One spec per volume: "preset seed anisotropy z y x [--randomize]".
+
+# volume_dir ROOT preset seed anisotropy z y x [--randomize]: the volume's folder, ROOT/<preset>-<seed>-a<anisotropy>[-r]
+volume_dir() { printf '%s' "$1/$2-$3-a$4${8:+-r}"; }
 
 # stage4_randomized [SEED_OFFSET]: the 22 volumes with randomized optics, seeds 1010 + SEED_OFFSET on
 stage4_randomized() {

@@ -140,7 +140,7 @@ if __name__ == "__main__":
         sys.exit(main(["train"] + sys.argv[2:]))
 PYEOF
 
-source bench/stage4_specs.sh  # stage4_randomized, STAGE4_PLAIN, STAGE4_VAL
+source bench/stage4_specs.sh  # volume_dir, stage4_randomized, STAGE4_PLAIN, STAGE4_VAL
 STAGE2="$WORK/stage2.pt"
 common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 --max-slices-per-view 24
         --seed 0 --threads 2 --no-progress --augment standard --precision "${PRECISION:-fp32}")  # stages 1-5 ran fp32
@@ -162,7 +162,7 @@ if [ "${FROM_STAGE:-1}" -ge 6 ]; then
   data="" val="" todo=()
   for spec in "${specs[@]}" "${val_specs[@]}"; do
     read -r preset seed aniso z y x flag <<<"$spec"
-    d="$S4/$preset-$seed-a$aniso${flag:+-r}"
+    d=$(volume_dir "$S4" $spec)
     case " ${val_specs[*]} " in *" $spec "*) val+="$d " ;; *) data+="$d " ;; esac
     [ -f "$d/dataset.json" ] || todo+=("--preset $preset --seed $seed --anisotropy $aniso --shape $z $y $x --frames 1 ${flag:-} --out $d")
   done
@@ -234,7 +234,7 @@ if [ "${FROM_STAGE:-1}" -ge 4 ]; then
 fi
 S4="$WORK/stage4"
 synth4() { # preset seed anisotropy z y x [--randomize]
-  local d="$S4/$1-$2-a$3${7:+-r}"
+  local d; d=$(volume_dir "$S4" "$@")
   [ -f "$d/dataset.json" ] || "$PY" -m mediar3d synth --preset "$1" --seed "$2" --anisotropy "$3" \
     --shape "$4" "$5" "$6" --frames 1 ${7:-} --out "$d" >/dev/null
   printf '%s ' "$d"
