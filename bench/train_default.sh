@@ -153,7 +153,8 @@ common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 -
 # after STAGE6_STOP (5) of them (the recorded run on one H200 stopped there on a 5.5-minute budget, 334 s of
 # training and validation). The checkpoint stays in $WORK/stage6.pt; its threshold is re-chosen unless TUNE=0.
 # Not shipped: better on the synthetic validation volumes and their artefacts, but it drew the real BBBC050
-# nuclei 1.5x too large (bench/results/stage6_robust_augment.md).
+# nuclei 1.5x too large (bench/results/stage6_robust_augment.md). STAGE6_AUGMENT=standard is its control: the same
+# volumes and schedule with stage 5's augmentation (bench/results/stage6_standard_control.md).
 if [ "${FROM_STAGE:-1}" -ge 6 ]; then
   S4="$WORK/stage4"
   mapfile -t specs < <(for round in 0 30 40; do stage4_randomized $round; done)
@@ -172,7 +173,7 @@ if [ "${FROM_STAGE:-1}" -ge 6 ]; then
   fi
   "$PY" -m mediar3d train --data $data --val-data $val --out "$WORK/stage6.pt" --init "${INIT:-models/mediar3d_default.pt}" \
     --encoder mit_b0 --decoder small --crop 128 --diameter-px 14 --max-slices-per-view 24 --context-px 6 \
-    --augment robust --batch "${STAGE6_BATCH:-16}" --epochs "${STAGE6_EPOCHS:-10}" --steps-per-epoch "${STAGE6_STEPS:-600}" \
+    --augment "${STAGE6_AUGMENT:-robust}" --batch "${STAGE6_BATCH:-16}" --epochs "${STAGE6_EPOCHS:-10}" --steps-per-epoch "${STAGE6_STEPS:-600}" \
     --lr 2e-4 --val-slices-per-view 8 --select-by seg --seed 0 --cache "$WORK/cache6" --workers "${JOBS:-2}" \
     --device "${DEVICE:-auto}" --threads "${THREADS:-2}" --no-progress --stop-epoch "${STAGE6_STOP:-5}" \
     ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"}
