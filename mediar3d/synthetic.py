@@ -66,6 +66,8 @@ class Preset:
     gain: float = 2.0                    # counts per photon
     offset: float = 100.0                # camera offset (counts)
     brightness_cv: float = 0.25          # spread (log-normal sigma) of nucleus brightness
+    texture: float = 1.0                 # chromatin speckle amplitude, in units of 0.18 of the nucleus signal
+    texture_scale: float = 1.0           # chromatin speckle wavelength, in units of 2.5-4 xy pixels
     annotation_level: float | None = 0.25  # GT edge at this level of the blurred nucleus (None: geometric)
 
     @property
@@ -95,6 +97,14 @@ OPTICS_RANGES: dict[str, tuple[float, float]] = {
     "diameter_cv": (0.08, 0.3), "deform": (0.04, 0.22),
 }
 _LOG_UNIFORM = {"psf_z_ratio", "brightness", "background", "read_noise"}
+#: `randomize_optics` ranges by name. "standard": `OPTICS_RANGES` (what stages 4-6 trained on). "wide" adds what
+#: bench/bench_realism.py found real nuclei to have beyond them: up to 2.4x brighter nuclei (contrast-to-noise
+#: beyond the standard range's highest) and stronger, coarser chromatin texture (speckles up to 4x the presets'
+#: amplitude and 3x their wavelength)
+RANDOMIZATIONS: dict[str, dict[str, tuple[float, float]]] = {
+    "standard": OPTICS_RANGES,
+    "wide": {**OPTICS_RANGES, "brightness": (20.0, 600.0), "texture": (1.0, 4.0), "texture_scale": (1.0, 3.0)},
+}
 
 
 @dataclass
@@ -173,11 +183,14 @@ def resolve_preset(preset: str | Preset, frames: int | None = None, anisotropy: 
     return dataclasses.replace(p, **changes)
 
 
-def randomize_optics(p: Preset, rng: np.random.Generator) -> Preset:
-    """`p` with its optics and nucleus appearance drawn from `OPTICS_RANGES` (PSF width and axial
-    elongation, brightness and its spread, background, read noise, size spread, deformation)."""
+def randomize_optics(p: Preset, rng: np.random.Generator, ranges: str = "standard") -> Preset:
+    """`p` with its optics and nucleus appearance drawn from `RANDOMIZATIONS[ranges]` (PSF width and axial
+    elongation, brightness and its spread, background, read noise, size spread, deformation; "wide": also
+    the chromatin texture)."""
+    if ranges not in RANDOMIZATIONS:
+        raise ValueError(f"randomization must be one of {tuple(RANDOMIZATIONS)}, got {ranges!r}")
     changes = {}
-    for name, (lo, hi) in OPTICS_RANGES.items():
+    for name, (lo, hi) in RANDOMIZATIONS[ranges].items():
         u = rng.uniform(np.log(lo), np.log(hi)) if name in _LOG_UNIFORM else rng.uniform(lo, hi)
         changes[name] = float(np.exp(u) if name in _LOG_UNIFORM else u)
     return dataclasses.replace(p, **changes)
@@ -251,10 +264,12 @@ def place_centres(rng: np.random.Generator, p: Preset, n: int, existing: np.ndar
 
 
 def _render_nucleus(nuc: Nucleus, zf: np.ndarray, best: np.ndarray, labels: np.ndarray,
-                    signal: np.ndarray) -> None:
+                    signal: np.ndarray, texture: float = 1.0, texture_scale: float = 1.0) -> None:
     """Draw one nucleus into labels/signal where it beats the current best normalized distance.
 
-    zf: (Z,) fine-pixel depth of each output plane. Works on the nucleus' bounding box only.
+    zf: (Z,) fine-pixel depth of each output plane; texture, texture_scale: the speckles' amplitude and
+    wavelength (`Preset.texture`, `Preset.texture_scale`).
+    Works on the nucleus' bounding box only.
     """
     reach = float(nuc.axes.max() * (1 + 3 * (np.abs(nuc.deform_vec).sum() + np.abs(nuc.deform_mat).sum())))
     cz, cy, cx = nuc.centre
@@ -280,10 +295,12 @@ def _render_nucleus(nuc: Nucleus, zf: np.ndarray, best: np.ndarray, labels: np.n
     win = score < np.minimum(best[box], 1.0)
     if not win.any():
         return
-    speckle = sum(np.sin(w[0] * u[0] + w[1] * u[1] + w[2] * u[2] + w[3]) for w in nuc.waves) / np.sqrt(3.0)
+    k = 1.0 / texture_scale
+    speckle = sum(np.sin(k * (w[0] * u[0] + w[1] * u[1] + w[2] * u[2]) + w[3]) for w in nuc.waves) / np.sqrt(3.0)
     nucleoli = sum(np.exp(-((q[0] - c[0]) ** 2 + (q[1] - c[1]) ** 2 + (q[2] - c[2]) ** 2) / (2 * 0.16 ** 2))
                    for c in nuc.nucleoli)
-    value = nuc.brightness * ((0.7 + 0.3 * (1 - score ** 2)) * (1 + 0.18 * speckle) + 0.9 * nucleoli)
+    chromatin = np.maximum(1 + 0.18 * texture * speckle, 0.0)  # >= 0.38 at texture 1: unchanged there
+    value = nuc.brightness * ((0.7 + 0.3 * (1 - score ** 2)) * chromatin + 0.9 * nucleoli)
     best[box][win] = score[win]
     labels[box][win] = nuc.track_id
     signal[box][win] = value[win]
@@ -296,7 +313,7 @@ def render_labels_signal(nuclei: list[Nucleus], p: Preset) -> tuple[np.ndarray, 
     labels = np.zeros(p.shape, np.uint16)
     signal = np.zeros(p.shape, np.float32)
     for nuc in nuclei:
-        _render_nucleus(nuc, zf, best, labels, signal)
+        _render_nucleus(nuc, zf, best, labels, signal, p.texture, p.texture_scale)
     return labels, signal
 
 
@@ -450,14 +467,26 @@ def _cut_gaps(frames: list[Frame]) -> None:
             seen_until[lab] = fr.t
 
 
+def randomization(randomize: bool | str | None) -> str | None:
+    """The `RANDOMIZATIONS` name a `randomize` argument asks for: True = "standard", False / None = none."""
+    if randomize is None or randomize is False:
+        return None
+    name = "standard" if randomize is True else str(randomize)
+    if name not in RANDOMIZATIONS:
+        raise ValueError(f"randomization must be one of {tuple(RANDOMIZATIONS)}, got {randomize!r}")
+    return name
+
+
 def synth_sequence(preset: str | Preset, seed: int, frames: int | None = None, anisotropy: float | None = None,
-                   shape: tuple[int, int, int] | None = None, randomize: bool = False) -> Sequence:
+                   shape: tuple[int, int, int] | None = None, randomize: bool | str = False) -> Sequence:
     """A whole synthetic sequence (deterministic for `seed`): frames, track rows and voxel size.
-    With `randomize` the optics are drawn by `randomize_optics` (from the same seed)."""
+    With `randomize` (True = "standard", or a `RANDOMIZATIONS` name) the optics are drawn by
+    `randomize_optics` (from the same seed)."""
     p = resolve_preset(preset, frames, anisotropy, shape)
     rng = np.random.default_rng(seed)
-    if randomize:
-        p = randomize_optics(p, rng)
+    ranges = randomization(randomize)
+    if ranges:
+        p = randomize_optics(p, rng, ranges)
     centres = place_centres(rng, p, p.n_start)
     next_id = [1]
     alive = []
@@ -539,12 +568,13 @@ DATASET_KIND = Kind("a synthetic dataset written by mediar3d synth (dataset.json
 
 def make_dataset(preset: str | Preset, seed: int, out: str | os.PathLike, frames: int | None = None,
                  anisotropy: float | None = None, shape: tuple[int, int, int] | None = None,
-                 preview: bool = False, randomize: bool = False) -> Path:
+                 preview: bool = False, randomize: bool | str = False) -> Path:
     """Write a synthetic CTC dataset to `out` and return `out`.
 
     Layout: `01/tTTT.tif`; `01_GT/SEG/man_segTTT.tif` (full 3D GT, even frames) and
     `man_seg_TTT_ZZZ.tif` (single-slice GT, odd frames); `01_GT/TRA/man_trackTTT.tif` + `man_track.txt`;
-    `dataset.json`; with `preview`, `preview/tTTT.png`. `randomize`: optics drawn by `randomize_optics`.
+    `dataset.json`; with `preview`, `preview/tTTT.png`. `randomize`: optics drawn by `randomize_optics` (True = "standard", or a
+    `RANDOMIZATIONS` name).
     The dataset is written into a temporary folder that then replaces `out` whole (`DATASET_KIND`:
     `out` may be absent, empty or an earlier synthetic dataset; anything else is refused), so old and
     new frames never mix.
@@ -556,7 +586,7 @@ def make_dataset(preset: str | Preset, seed: int, out: str | os.PathLike, frames
     return out
 
 
-def _write_dataset(seq: Sequence, seed: int, folder: Path, name: str, preview: bool, randomize: bool) -> None:
+def _write_dataset(seq: Sequence, seed: int, folder: Path, name: str, preview: bool, randomize: bool | str) -> None:
     """The files of `make_dataset` for a synthesized sequence, written into `folder`."""
     p = seq.preset
     raw, seg, tra = folder / "01", folder / "01_GT" / "SEG", folder / "01_GT" / "TRA"
@@ -579,7 +609,8 @@ def _write_dataset(seq: Sequence, seed: int, folder: Path, name: str, preview: b
         "objects_per_frame": [int(len(np.unique(fr.labels)) - (fr.labels == 0).any()) for fr in seq.frames],
         "anisotropy": p.anisotropy, "n_tracks": len(seq.tracks),
         "n_divisions": len({r[3] for r in seq.tracks if r[3]}), "version": VERSION,
-        "optics": {k: getattr(p, k) for k in (*OPTICS_RANGES, "annotation_level")}, "randomized": bool(randomize),
+        "optics": {k: getattr(p, k) for k in (*RANDOMIZATIONS["wide"], "annotation_level")},
+        "randomized": randomization(randomize) is not None, "randomization": randomization(randomize),
     }
     (folder / "dataset.json").write_text(json.dumps(info, indent=1) + "\n")
 

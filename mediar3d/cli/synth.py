@@ -23,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="volume shape in voxels, z at the preset's anisotropy (--anisotropy rescales z to keep "
                         "the physical depth; default: preset's)")
-    parser.add_argument("--randomize", action="store_true",
-                        help="draw the optics (PSF, brightness, background, noise) from wide ranges: training data")
+    parser.add_argument("--randomize", nargs="?", const="standard", default=None, choices=("standard", "wide"),
+                        help="draw the optics (PSF, brightness, background, noise) from wide ranges: training data. "
+                        "'wide' (bench/results/bench_realism.md) also draws nuclei up to 4x brighter and chromatin "
+                        "texture up to 3x stronger (default with the flag alone: standard, what the shipped model saw)")
     parser.add_argument("--preview", action="store_true", help="also write preview/tTTT.png (xy + xz slices)")
 
 
