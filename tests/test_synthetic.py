@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage as ndi
 
 from mediar3d.cli import main
 from mediar3d.io.ctc import discover_dataset, read_tracks, read_voxel_size
@@ -199,6 +201,40 @@ def test_randomized_optics_are_deterministic_in_range_and_recorded(tmp_path):
     out = make_dataset("tiny", 2, tmp_path / "r", frames=1, randomize=True)
     info = json.loads((out / "dataset.json").read_text())
     assert info["randomized"] is True and set(OPTICS_RANGES) <= set(info["optics"])
+
+
+def test_wide_randomization_adds_texture_and_leaves_standard_draws_alone(tmp_path):
+    from mediar3d.synthetic import OPTICS_RANGES, RANDOMIZATIONS, randomization, randomize_optics
+
+    # "standard" draws what stages 4-6 trained on, whichever way it is asked for
+    assert randomization(True) == randomization("standard") == "standard" and randomization(False) is None
+    assert RANDOMIZATIONS["standard"] is OPTICS_RANGES
+    std = randomize_optics(PRESETS["sparse"], np.random.default_rng(9))
+    assert std == randomize_optics(PRESETS["sparse"], np.random.default_rng(9), "standard")
+    assert (std.texture, std.texture_scale) == (1.0, 1.0)
+    wide = randomize_optics(PRESETS["sparse"], np.random.default_rng(9), "wide")
+    for name, (lo, hi) in RANDOMIZATIONS["wide"].items():
+        assert lo <= getattr(wide, name) <= hi
+    assert set(RANDOMIZATIONS["wide"]) - set(OPTICS_RANGES) == {"texture", "texture_scale"}
+    with pytest.raises(ValueError, match="randomization must be one of"):
+        randomization("extreme")
+    # stronger texture: more fine structure inside the same nuclei (same seed, optics and noise)
+    p = dataclasses.replace(PRESETS["sparse"], read_noise=1.0, brightness=400.0, texture_scale=2.0)
+    inner = {}
+    for texture in (1.0, 4.0):
+        frame = synth_sequence(dataclasses.replace(p, texture=texture), 3, frames=1).frames[0]
+        image = frame.image.astype(np.float32)
+        core = ndi.binary_erosion(frame.labels > 0, iterations=3)
+        inner[texture] = float(np.std((image - ndi.gaussian_filter(image, 4.0))[core]))
+    assert inner[4.0] > 1.3 * inner[1.0]  # measured 1.5x
+    # the CLI: --randomize alone is the standard ranges (as stages 4-6 called it), --randomize wide the new ones
+    for args, name in (([], "standard"), (["wide"], "wide")):
+        out = tmp_path / name
+        assert main(["synth", "--preset", "tiny", "--seed", "2", "--frames", "1", "--randomize", *args,
+                     "--out", str(out)]) == 0
+        info = json.loads((out / "dataset.json").read_text())
+        assert info["randomization"] == name and {"texture", "texture_scale"} <= set(info["optics"])
+    assert info["optics"]["texture"] > 1.0
 
 
 def test_thin_preset_cuts_every_nucleus_at_the_top_or_bottom():
