@@ -51,13 +51,17 @@ SYNTHETIC = [("zebrafish", s, a, (32, 128, 128)) for a in (4, 8) for s in (0, 1,
             [("thin", s, 5, (6, 192, 192)) for s in (0, 1)]
 
 
-def synthetic_case(work: Path, preset: str, seed: int, anisotropy: float, shape) -> tuple[str, Path]:
+def synthetic_case(work: Path, preset: str, seed: int, anisotropy: float, shape,
+                   randomize: str | None = None) -> tuple[str, Path]:
+    """(case name, CTC folder in `work`, made if missing) of one synthetic frame; `randomize`: the optics'
+    `mediar3d.synthetic.RANDOMIZATIONS` ranges (None: the preset's own optics)."""
     from mediar3d.synthetic import make_dataset
 
-    folder = work / f"{preset}-s{seed}-a{anisotropy:g}-{'x'.join(map(str, shape))}"
+    suffix = f"-r-{randomize}" if randomize else ""
+    folder = work / f"{preset}-s{seed}-a{anisotropy:g}-{'x'.join(map(str, shape))}{suffix}"
     if not (folder / "dataset.json").is_file():
-        make_dataset(preset, seed, folder, frames=1, anisotropy=anisotropy, shape=tuple(shape))
-    return f"{preset} s{seed} a{anisotropy:g}", folder
+        make_dataset(preset, seed, folder, frames=1, anisotropy=anisotropy, shape=tuple(shape), randomize=randomize or False)
+    return f"{preset} s{seed} a{anisotropy:g}{' ' + randomize if randomize else ''}", folder
 
 
 def load_case(folder: Path, t: int) -> tuple[np.ndarray, np.ndarray, tuple]:

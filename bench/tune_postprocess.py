@@ -83,14 +83,19 @@ def main() -> int:
     parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS, help="probability thresholds to try")
     parser.add_argument("--min-fractions", type=float, nargs="+", default=MIN_FRACTIONS,
                         help="minimum object sizes to try (fractions of a ball of the training diameter)")
+    parser.add_argument("--randomize", choices=("standard", "wide"),
+                        help="the validation volumes with their optics drawn from these `synth --randomize` ranges "
+                        "(same seeds; default: the presets' own optics)")
     args = parser.parse_args()
+    if args.write and args.randomize:
+        parser.error("--write records the threshold chosen on the presets' own optics: drop --randomize")
     set_threads(2)
     import torch
 
     model, meta = load_model(args.model, torch.device("cpu"))
     rows = []
     for case in VALIDATION:
-        name, folder = synthetic_case(args.work, *case)
+        name, folder = synthetic_case(args.work, *case, randomize=args.randomize)
         image, gt, voxel = load_case(folder, 0)
         field, train_px = field_of(image, voxel, model, meta)
         ball = math.pi / 6 * train_px ** 3
@@ -104,7 +109,8 @@ def main() -> int:
     # equal SEG (to 1e-4): prefer the minimum size reconstruct ships (MIN_SIZE_FRACTION)
     best = max(scores.index, key=lambda key: (round(scores[key], 4), key[1] == MIN_SIZE_FRACTION))
     per_case = table.pivot_table(index=["threshold", "min_size_fraction"], columns="case", values="seg")
-    lines = [*header(f"Post-processing chosen on validation volumes ({args.model.name})"),
+    optics = f", optics randomized ({args.randomize})" if args.randomize else ""
+    lines = [*header(f"Post-processing chosen on validation volumes ({args.model.name}{optics})"),
              "Mean 3D SEG over the validation frames (rows: probability threshold, columns: minimum object size "
              "as a fraction of a ball of the training diameter):", "", grid.round(4).to_markdown(), "",
              f"Best: threshold {best[0]}, minimum size fraction {best[1]} (SEG {grid.loc[best]:.4f}).", "",
