@@ -156,7 +156,8 @@ common=(--encoder mit_b0 --decoder small --batch 8 --crop 128 --diameter-px 14 -
 # nuclei 1.5x too large (bench/results/stage6_robust_augment.md). STAGE6_AUGMENT=standard is its control: the same
 # volumes and schedule with stage 5's augmentation (bench/results/stage6_standard_control.md). STAGE6_ROUNDS (seed
 # offsets of the two extra rounds, "30 40") and STAGE6_RANDOMIZE (their `synth --randomize` ranges, standard) make the
-# "wide" candidate: STAGE6_ROUNDS="50 60" STAGE6_RANDOMIZE=wide STAGE6_AUGMENT=standard (bench/results/stage6_wide.md).
+# "wide" candidate: STAGE6_ROUNDS="50 60" STAGE6_RANDOMIZE=wide STAGE6_AUGMENT=standard STAGE6_BATCH=8 STAGE6_STOP=10
+# (bench/results/stage6_wide.md; recorded as 5 epochs, then the same command with --resume to epoch 10).
 if [ "${FROM_STAGE:-1}" -ge 6 ]; then
   S4="$WORK/stage4"
   mapfile -t specs < <(stage4_randomized 0; for round in ${STAGE6_ROUNDS:-30 40}; do stage4_randomized $round ${STAGE6_RANDOMIZE:-}; done)
