@@ -187,10 +187,8 @@ def randomize_optics(p: Preset, rng: np.random.Generator, ranges: str = "standar
     """`p` with its optics and nucleus appearance drawn from `RANDOMIZATIONS[ranges]` (PSF width and axial
     elongation, brightness and its spread, background, read noise, size spread, deformation; "wide": also
     the chromatin texture)."""
-    if ranges not in RANDOMIZATIONS:
-        raise ValueError(f"randomization must be one of {tuple(RANDOMIZATIONS)}, got {ranges!r}")
     changes = {}
-    for name, (lo, hi) in RANDOMIZATIONS[ranges].items():
+    for name, (lo, hi) in RANDOMIZATIONS[randomization(ranges)].items():
         u = rng.uniform(np.log(lo), np.log(hi)) if name in _LOG_UNIFORM else rng.uniform(lo, hi)
         changes[name] = float(np.exp(u) if name in _LOG_UNIFORM else u)
     return dataclasses.replace(p, **changes)
@@ -573,8 +571,8 @@ def make_dataset(preset: str | Preset, seed: int, out: str | os.PathLike, frames
 
     Layout: `01/tTTT.tif`; `01_GT/SEG/man_segTTT.tif` (full 3D GT, even frames) and
     `man_seg_TTT_ZZZ.tif` (single-slice GT, odd frames); `01_GT/TRA/man_trackTTT.tif` + `man_track.txt`;
-    `dataset.json`; with `preview`, `preview/tTTT.png`. `randomize`: optics drawn by `randomize_optics` (True = "standard", or a
-    `RANDOMIZATIONS` name).
+    `dataset.json`; with `preview`, `preview/tTTT.png`. `randomize`: optics drawn by `randomize_optics`
+    (True = "standard", or a `RANDOMIZATIONS` name).
     The dataset is written into a temporary folder that then replaces `out` whole (`DATASET_KIND`:
     `out` may be absent, empty or an earlier synthetic dataset; anything else is refused), so old and
     new frames never mix.

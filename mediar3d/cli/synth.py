@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the physical depth; default: preset's)")
     parser.add_argument("--randomize", nargs="?", const="standard", default=None, choices=("standard", "wide"),
                         help="draw the optics (PSF, brightness, background, noise) from wide ranges: training data. "
-                        "'wide' (bench/results/bench_realism.md) also draws nuclei up to 4x brighter and chromatin "
-                        "texture up to 3x stronger (default with the flag alone: standard, what the shipped model saw)")
+                        "'wide' (bench/results/bench_realism.md) also draws nuclei up to 2.4x brighter and chromatin "
+                        "texture up to 4x stronger and 3x coarser (the flag alone: standard, what the shipped model saw)")
     parser.add_argument("--preview", action="store_true", help="also write preview/tTTT.png (xy + xz slices)")
 
 
