@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,24 +45,28 @@ from mediar3d.resample import diameter_from_labels  # noqa: E402
 from bench_error_budget import load_case  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "bbbc050-mouse-embryo"
-#: training volumes described by default: stage 4's randomized mix (bench/stage4_specs.sh, seeds 1010+)
-#: and the presets' own optics (seed 1020), remade in --work
-TRAINING = ([("zebrafish", 1010 + i, a, (32, 256, 256), True) for i, a in enumerate((2, 3, 4, 4, 5, 6, 8, 8))]
-            + [("celegans", 1010 + i, a, (16, 256, 256), True) for i, a in enumerate((4, 6, 8, 10))]
-            + [("sparse", 1010 + i, a, (24, 128, 128), True) for i, a in enumerate((1, 2, 2, 3, 4, 2))]
-            + [("thin", 1010 + i, 5, (z, 256, 256), True) for i, z in enumerate((5, 6, 6, 8))]
-            + [("zebrafish", 1020, 4, (32, 256, 256), False), ("celegans", 1020, 10, (16, 256, 256), False),
-               ("sparse", 1020, 2, (24, 128, 128), False), ("thin", 1020, 5, (6, 256, 256), False)])
+#: the training volumes described by default: stage 4's randomized mix and the presets' own optics, as
+#: bench/stage4_specs.sh lists them (the one list of them) and names their folders
+STAGE4_SPECS = ('source "$1/bench/stage4_specs.sh"; { stage4_randomized 0; printf "%s\\n" "${STAGE4_PLAIN[@]}"; } | '
+                'while read -r spec; do echo "$(volume_dir "$2" $spec)|$spec"; done')
 
 
-def training_volume(work: Path, preset: str, seed: int, anisotropy: float, shape, randomize: bool) -> Path:
-    """The training volume's CTC folder in `work` (made if missing)."""
+def stage4_volumes(work: Path) -> list[Path]:
+    """Stage 4's 26 training volumes (`bench/stage4_specs.sh`), made in `work` where missing."""
     from mediar3d.synthetic import make_dataset
 
-    folder = work / f"{preset}-{seed}-a{anisotropy:g}{'-r' if randomize else ''}"
-    if not (folder / "dataset.json").is_file():
-        make_dataset(preset, seed, folder, frames=1, anisotropy=anisotropy, shape=tuple(shape), randomize=randomize)
-    return folder
+    listing = subprocess.run(["bash", "-c", STAGE4_SPECS, "stage4_specs", str(ROOT), str(work)],
+                             check=True, capture_output=True, text=True).stdout
+    folders = []
+    for line in listing.splitlines():
+        folder, spec = line.split("|")
+        preset, seed, anisotropy, z, y, x, *flag = spec.split()
+        randomize = (flag[1] if len(flag) > 1 else "standard") if flag else False
+        if not (Path(folder) / "dataset.json").is_file():
+            make_dataset(preset, int(seed), folder, frames=1, anisotropy=float(anisotropy),
+                         shape=(int(z), int(y), int(x)), randomize=randomize)
+        folders.append(Path(folder))
+    return folders
 
 
 def _robust_std(values: np.ndarray) -> float:
@@ -137,7 +142,7 @@ def main() -> int:
                         "remaking stage 4's mix in --work")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "bench_realism.md")
     args = parser.parse_args()
-    folders = args.data or [training_volume(args.work, *spec) for spec in TRAINING]
+    folders = args.data or stage4_volumes(args.work)
     train = pd.DataFrame({f.name: describe(*load_case(f, 0)) for f in folders}).T
     if not REAL.is_dir():
         print(f"{REAL} is missing: nothing real to compare with", file=sys.stderr)

@@ -30,6 +30,7 @@ from mediar3d.infer import VIEWS, load_model, predict_view, set_threads  # noqa:
 from mediar3d.reconstruct import MIN_SIZE_FRACTION, masks_from_field  # noqa: E402
 from mediar3d.resample import labels_to_original, percentile_range, resample_to_iso, zoom_factors  # noqa: E402
 from mediar3d.size import choose_diameter  # noqa: E402
+from mediar3d.synthetic import RANDOMIZATIONS  # noqa: E402
 
 from bench_error_budget import load_case, synthetic_case  # noqa: E402
 
@@ -83,7 +84,7 @@ def main() -> int:
     parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS, help="probability thresholds to try")
     parser.add_argument("--min-fractions", type=float, nargs="+", default=MIN_FRACTIONS,
                         help="minimum object sizes to try (fractions of a ball of the training diameter)")
-    parser.add_argument("--randomize", choices=("standard", "wide"),
+    parser.add_argument("--randomize", choices=tuple(RANDOMIZATIONS),
                         help="the validation volumes with their optics drawn from these `synth --randomize` ranges "
                         "(same seeds; default: the presets' own optics)")
     args = parser.parse_args()

@@ -586,7 +586,7 @@ def make_dataset(preset: str | Preset, seed: int, out: str | os.PathLike, frames
 
 def _write_dataset(seq: Sequence, seed: int, folder: Path, name: str, preview: bool, randomize: bool | str) -> None:
     """The files of `make_dataset` for a synthesized sequence, written into `folder`."""
-    p = seq.preset
+    p, ranges = seq.preset, randomization(randomize)
     raw, seg, tra = folder / "01", folder / "01_GT" / "SEG", folder / "01_GT" / "TRA"
     for d in (raw, seg, tra):
         d.mkdir(parents=True, exist_ok=True)
@@ -607,8 +607,9 @@ def _write_dataset(seq: Sequence, seed: int, folder: Path, name: str, preview: b
         "objects_per_frame": [int(len(np.unique(fr.labels)) - (fr.labels == 0).any()) for fr in seq.frames],
         "anisotropy": p.anisotropy, "n_tracks": len(seq.tracks),
         "n_divisions": len({r[3] for r in seq.tracks if r[3]}), "version": VERSION,
-        "optics": {k: getattr(p, k) for k in (*RANDOMIZATIONS["wide"], "annotation_level")},
-        "randomized": randomization(randomize) is not None, "randomization": randomization(randomize),
+        "optics": {k: getattr(p, k) for k in (*dict.fromkeys(k for r in RANDOMIZATIONS.values() for k in r),
+                                              "annotation_level")},
+        "randomized": ranges is not None, "randomization": ranges,
     }
     (folder / "dataset.json").write_text(json.dumps(info, indent=1) + "\n")
 

@@ -11,7 +11,7 @@ OUTPUTS = {"out": DATASET_KIND}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mediar3d.synthetic import PRESETS
+    from mediar3d.synthetic import PRESETS, RANDOMIZATIONS
 
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="dataset kind (default tiny)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same dataset)")
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                         help="volume shape in voxels, z at the preset's anisotropy (--anisotropy rescales z to keep "
                         "the physical depth; default: preset's)")
-    parser.add_argument("--randomize", nargs="?", const="standard", default=None, choices=("standard", "wide"),
+    parser.add_argument("--randomize", nargs="?", const="standard", default=None, choices=tuple(RANDOMIZATIONS),
                         help="draw the optics (PSF, brightness, background, noise) from wide ranges: training data. "
                         "'wide' (bench/results/bench_realism.md) also draws nuclei up to 2.4x brighter and chromatin "
                         "texture up to 4x stronger and 3x coarser (the flag alone: standard, what the shipped model saw)")
