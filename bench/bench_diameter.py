@@ -2,7 +2,9 @@
 
 Held-out synthetic volumes (seeds 0-2, never used for training or tuning; frame 0 with full 3D GT) are
 rescaled by 0.5-2x, the range the floor is set on, and by 3-4x, reported apart (image trilinear, GT
-nearest; the voxel size is kept, so the objects' size in um changes with them). For each: the GT's
+nearest; the voxel size is kept, so the objects' size in um changes with them). Two sets of volumes:
+`small` ones of 96-128 px across (10-20 objects: the network's crop covers most of them) and `large`
+ones of 256 px across, the size of a real field of view, where the crop holds a sample of the objects. For each: the GT's
 median equivalent-sphere diameter, the image prior, the final estimate (prior + network) and their
 ratios to the truth, and the time. For a subset, 3D SEG of the whole pipeline
 (`mediar3d.pipeline.segment_volume`) with the estimate and with the true diameter. The real BBBC050
@@ -11,13 +13,14 @@ volumes are listed as they are. Results: bench/results/bench_diameter.md.
     .venv/bin/python bench/bench_diameter.py [--model models/mediar3d_default.pt] [--seg-scales 0.5 1 2]
 
 `--validation` runs the same cases on validation seeds (1901+, never test seeds; `--validation-sets`
-sets of them) and compares the estimator's settings (`--start-factors`) side by side, and for each the
+sets of them) and compares the estimator's settings (`--start-factors` x `--crop-voxels`) side by side, and for each the
 answer when the search does not converge (the geometric mean of its measurements,
 `mediar3d.size.geometric_mean`, vs the last one or the one closest to its own scale, from the same
-steps): that is where `mediar3d.size.START_FACTOR` and the non-converged answer were chosen. Results:
-bench/results/bench_diameter_validation.md (start factors, one set) and
+steps): that is where `mediar3d.size.START_FACTOR`, `CROP_VOXELS` and the non-converged answer were
+chosen. Results: bench/results/bench_diameter_validation.md (start factors, one set, small volumes),
 bench/results/bench_diameter_nonconverged.md (`--validation-sets 10 --start-factors 1.25`: the
-non-converged answer).
+non-converged answer) and bench/results/bench_diameter_crop.md (`--sets large --start-factors 1.25
+--crop-voxels 64 96 128`: the crop).
 """
 
 from __future__ import annotations
@@ -40,16 +43,21 @@ from mediar3d.pipeline import estimate_frame_diameter, segment_volume  # noqa: E
 from mediar3d.evaluate import evaluate_frame  # noqa: E402
 from mediar3d.infer import load_model  # noqa: E402
 from mediar3d.resample import diameter_from_labels  # noqa: E402
-from mediar3d.size import geometric_mean  # noqa: E402
+from mediar3d.size import CROP_VOXELS, START_FACTOR, geometric_mean  # noqa: E402
 
 from bench_error_budget import BBBC050, load_case, synthetic_case  # noqa: E402
 
-#: (preset, seed, anisotropy, shape at the preset's anisotropy)
-CASES = [("zebrafish", 0, 4, (16, 96, 96)), ("zebrafish", 1, 8, (16, 96, 96)), ("sparse", 0, 2, (16, 96, 96)),
-         ("celegans", 0, 10, (10, 128, 128)), ("thin", 0, 5, (6, 128, 128))]
+#: per set of volumes: (preset, seed, anisotropy, shape at the preset's anisotropy)
+CASES = {
+    "small": [("zebrafish", 0, 4, (16, 96, 96)), ("zebrafish", 1, 8, (16, 96, 96)), ("sparse", 0, 2, (16, 96, 96)),
+              ("celegans", 0, 10, (10, 128, 128)), ("thin", 0, 5, (6, 128, 128))],
+    "large": [("zebrafish", 0, 4, (32, 256, 256)), ("zebrafish", 1, 8, (16, 256, 256)), ("sparse", 0, 2, (48, 256, 256)),
+              ("celegans", 0, 10, (16, 256, 256)), ("thin", 0, 5, (6, 256, 256))],
+}
 #: the validation seeds standing in for 0-2 in `--validation`
 VALIDATION_SEED = 1901
-SCALES = (0.5, 0.71, 1.0, 1.41, 2.0, 3.0, 4.0)
+#: rescaling factors per set (the large volumes at 3-4x would hold 1-4 G voxels)
+SCALES = {"small": (0.5, 0.71, 1.0, 1.41, 2.0, 3.0, 4.0), "large": (0.5, 0.71, 1.0, 1.41, 2.0)}
 #: the scales the floor (within 15% of the truth) is set on; larger ones are reported apart
 FLOOR_SCALES = (0.5, 2.0)
 
@@ -88,32 +96,43 @@ def error_summary(table: pd.DataFrame, column: str) -> str:
     return "; ".join(parts)
 
 
-def compare_start_factors(items, model, meta, args) -> int:
-    """estimate / GT per validation case for each start factor and, for the searches that did not
-    converge, each answer they could give (`non_converged_answers`), side by side; the summary per column."""
+def compare_settings(items, model, meta, args) -> int:
+    """estimate / GT per validation case for each setting (start factor x crop edge) and, for the searches
+    that did not converge, each answer they could give (`non_converged_answers`), side by side; the
+    network's seconds per estimate; the summary per column."""
+    settings = [(factor, crop, f"start x{factor:g}, crop {crop}") for factor in args.start_factors
+                for crop in args.crop_voxels]
     rows = []
     for name, scale, img, lab, voxel in items:
-        row = {"case": name, "scale": scale, "GT um": diameter_from_labels(lab, voxel)}
-        for factor in args.start_factors:
-            found = estimate_frame_diameter(img, voxel, model, meta, start_factor=factor)
-            row[f"start x{factor:g}: estimate / GT"] = found.diameter_um / row["GT um"]
+        row = {"case": name, "volumes": name.rsplit(" ", 1)[-1], "scale": scale, "shape": "x".join(map(str, img.shape)),
+               "GT um": diameter_from_labels(lab, voxel)}
+        for factor, crop, label in settings:
+            t0 = time.perf_counter()
+            found = estimate_frame_diameter(img, voxel, model, meta, start_factor=factor, crop_voxels=crop)
+            row[f"{label}: seconds"] = time.perf_counter() - t0
+            row[f"{label}: estimate / GT"] = found.diameter_um / row["GT um"]
             for answer, value in non_converged_answers(found).items():
-                row[f"start x{factor:g}, not converged -> {answer}: estimate / GT"] = value / row["GT um"]
-            row[f"start x{factor:g}: converged"] = "not converged" not in found.reason
+                row[f"{label}, not converged -> {answer}: estimate / GT"] = value / row["GT um"]
+            row[f"{label}: converged"] = "not converged" not in found.reason
         rows.append(row)
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     table = pd.DataFrame(rows)
-    lines = header(f"Diameter estimate on validation seeds: start factors and non-converged answers compared "
+    lines = header(f"Diameter estimate on validation seeds: settings and non-converged answers compared "
                    f"({args.model.name})")
-    for column in [c for c in table.columns if c.endswith("estimate / GT")]:
+    for _, _, label in settings:
+        for volumes, rows in table.groupby("volumes", sort=False):
+            lines.append(f"- {label}, {volumes} volumes: |estimate / GT - 1| "
+                         f"{error_summary(rows, f'{label}: estimate / GT')}; seconds per estimate: median "
+                         f"{rows[f'{label}: seconds'].median():.1f}")
+    for column in [c for c in table.columns if "not converged ->" in c]:
         lines.append(f"- {column.removesuffix(': estimate / GT')}: |estimate / GT - 1| {error_summary(table, column)}")
-    for factor in args.start_factors:
-        open_cases = table[~table[f"start x{factor:g}: converged"].astype(bool)]
+    for _, _, label in settings:
+        open_cases = table[~table[f"{label}: converged"].astype(bool)]
         parts = []
         for answer in NON_CONVERGED_ANSWERS:
-            error = (open_cases[f"start x{factor:g}, not converged -> {answer}: estimate / GT"] - 1).abs()
+            error = (open_cases[f"{label}, not converged -> {answer}: estimate / GT"] - 1).abs()
             parts.append(f"{answer} mean {error.mean():.3f}, within 15% in {int((error <= 0.15).sum())}")
-        lines.append(f"- start x{factor:g}, the {len(open_cases)} cases that did not converge, |estimate / GT - 1|: "
+        lines.append(f"- {label}, the {len(open_cases)} cases that did not converge, |estimate / GT - 1|: "
                      + "; ".join(parts))
     lines += ["", table.to_markdown(index=False, floatfmt=".3f"), ""]
     write_report(args.out, lines)
@@ -130,9 +149,15 @@ def main() -> int:
                         help="default bench/results/bench_diameter.md (_validation.md with --validation)")
     parser.add_argument("--validation", action="store_true",
                         help="validation seeds; compare --start-factors instead of measuring SEG")
-    parser.add_argument("--start-factors", type=float, nargs="+", default=[1.0, 1.25, 1.5])
+    parser.add_argument("--start-factors", type=float, nargs="+", default=[1.0, START_FACTOR, 1.5])
     parser.add_argument("--validation-sets", type=int, default=1,
                         help="with --validation: sets of validation seeds (set k: 1901 + k + the case's seed)")
+    parser.add_argument("--crop-voxels", type=int, nargs="+", default=[CROP_VOXELS],
+                        help="with --validation: crop edges (iso voxels) the network measures on, compared")
+    parser.add_argument("--sets", nargs="+", choices=sorted(CASES), default=["small", "large"],
+                        help="sets of volumes: small (96-128 px across) and / or large (256 px)")
+    parser.add_argument("--large-seg-scales", type=float, nargs="*", default=[1.0],
+                        help="--seg-scales for the large volumes (a whole-pipeline run each)")
     args = parser.parse_args()
     name = "bench_diameter_validation.md" if args.validation else "bench_diameter.md"
     args.out = args.out or ROOT / "bench" / "results" / name
@@ -144,21 +169,23 @@ def main() -> int:
     model, meta = load_model(args.model, torch.device("cpu"))
     items = []
     offsets = range(args.validation_sets) if args.validation else [None]
+    seg_scales = {"small": args.seg_scales, "large": args.large_seg_scales}
     for offset in offsets:
-        for preset, seed, anisotropy, shape in CASES:
-            seed = VALIDATION_SEED + offset + seed if args.validation else seed
-            name, folder = synthetic_case(args.work, preset, seed, anisotropy, shape)
-            image, gt, voxel = load_case(folder, 0)
-            for scale in SCALES:
-                img = image if scale == 1 else ndi.zoom(image.astype(np.float32), scale, order=1)
-                lab = gt if scale == 1 else ndi.zoom(gt, scale, order=0)
-                items.append((name, scale, img, lab, voxel))
+        for volumes in args.sets:
+            for preset, seed, anisotropy, shape in CASES[volumes]:
+                seed = VALIDATION_SEED + offset + seed if args.validation else seed
+                name, folder = synthetic_case(args.work, preset, seed, anisotropy, shape)
+                image, gt, voxel = load_case(folder, 0)
+                for scale in SCALES[volumes]:
+                    img = image if scale == 1 else ndi.zoom(image.astype(np.float32), scale, order=1)
+                    lab = gt if scale == 1 else ndi.zoom(gt, scale, order=0)
+                    items.append((f"{name} {volumes}", scale, img, lab, voxel, scale in seg_scales[volumes]))
     if args.validation:
-        return compare_start_factors(items, model, meta, args)
+        return compare_settings([item[:5] for item in items], model, meta, args)
     if BBBC050.is_dir():
-        items += [(f"bbbc050 t{t}", 1.0, *load_case(BBBC050, t)) for t in (0, 1)]
+        items += [(f"bbbc050 t{t}", 1.0, *load_case(BBBC050, t), True) for t in (0, 1)]
     rows = []
-    for name, scale, img, lab, voxel in items:
+    for name, scale, img, lab, voxel, with_seg in items:
         truth = diameter_from_labels(lab, voxel)
         t0 = time.perf_counter()
         found = estimate_frame_diameter(img, voxel, model, meta)
@@ -166,7 +193,7 @@ def main() -> int:
                "prior um": found.prior_um, "prior / GT": found.prior_um / truth, "estimate um": found.diameter_um,
                "estimate / GT": found.diameter_um / truth, "network steps": len(found.steps),
                "seconds": time.perf_counter() - t0}
-        if scale in args.seg_scales or name.startswith("bbbc050"):
+        if with_seg:
             row["SEG estimate"] = seg_with(img, lab, voxel, model, meta, found.diameter_um)
             row["SEG true diameter"] = seg_with(img, lab, voxel, model, meta, truth)
             row["SEG difference"] = row["SEG estimate"] - row["SEG true diameter"]
@@ -182,8 +209,12 @@ def main() -> int:
               f"(within 15%: {int((within <= 0.15).sum())} of {len(within)}); prior alone from "
               f"{floor['prior / GT'].min():.3f} to {floor['prior / GT'].max():.3f}.",
               f"All synthetic scales, |estimate / GT - 1|: {error_summary(synthetic, 'estimate / GT')}.",
-              f"SEG with the estimate minus SEG with the true diameter: largest drop "
-              f"{-table['SEG difference'].min():.3f}, mean {table['SEG difference'].mean():+.3f}.", "",
+              *(f"{volumes.capitalize()} volumes, |estimate / GT - 1|: "
+                f"{error_summary(synthetic[synthetic['case'].str.endswith(volumes)], 'estimate / GT')}."
+                for volumes in args.sets),
+              *([f"SEG with the estimate minus SEG with the true diameter: largest drop "
+                 f"{-table['SEG difference'].min():.3f}, mean {table['SEG difference'].mean():+.3f}."]
+                if "SEG difference" in table else []), "",
               table.to_markdown(index=False, floatfmt=".3f"), ""]
     write_report(args.out, lines)
     return 0

@@ -6,11 +6,11 @@ Two steps:
 1. `image_diameter`: a prior from the image alone, the scale at which the scale-normalized Laplacian
    of Gaussian responds most strongly to bright blobs (Lindeberg's scale selection) on a coarse
    isotropic grid. Within ~15% on the synthetic presets and the real BBBC050 volumes.
-2. `network_diameter`: the network itself, run through the pipeline's own three-view path (resample
-   -> infer -> fuse -> reconstruct) on a crop of a few nuclei around the densest region, at the
-   current guess. The median equivalent-sphere diameter of the objects it finds, in um, is the next
-   guess; this repeats until the guess agrees with the measurement (objects come out at the
-   training diameter). The prior keeps the search near the right scale: a network far off its
+2. `measure_diameter`: the network itself, run through the pipeline's own three-view path (resample
+   -> infer -> fuse -> reconstruct) on a crop some 7 diameters wide (dozens of nuclei) around the
+   densest region, at the current guess. The median equivalent-sphere diameter of the objects it
+   finds, in um, is the next guess; this repeats until the guess agrees with the measurement (objects
+   come out at the training diameter). The prior keeps the search near the right scale: a network far off its
    training scale finds texture specks or merged clusters and would mislead a search on its own.
 
 All diameters are equivalent-sphere diameters of the median object in um, the quantity
@@ -38,8 +38,11 @@ PERCENTILE = 99.5
 #: image prior x this = equivalent-sphere diameter (fitted on synthetic validation volumes, seeds 1900+)
 LOG_CALIBRATION = 1.0
 #: edge of the crop the network measures on, in isotropic voxels at the current guess (a multiple of
-#: 32, the network's size multiple: no padding; 64 = 4.6 objects of 14 px)
-CROP_VOXELS = 64
+#: 32, the network's size multiple: no padding; 96 = 6.9 objects of 14 px, 25-50 whole ones in packed
+#: volumes). On validation volumes of 256 x 256 px (seeds 1901+, rescaled 0.71-1.41x) 64 measured 4-18
+#: whole objects and missed the truth by up to 37% (3 of 21 outside 15%); 96 kept all within 9.2% at
+#: 1.5x the time, 128 within 7.5% at 2.3x (bench/results/bench_diameter_crop.md)
+CROP_VOXELS = 96
 #: edge of the region `densest_centre` looks for, in object diameters
 CROP_DIAMETERS = 4.5
 #: a guess within this factor of the network's measurement is final
@@ -182,17 +185,19 @@ def _whole_objects(labels: np.ndarray, cut_axes: Sequence[bool]) -> np.ndarray:
 
 def measure_diameter(volume: np.ndarray, voxel_size: Sequence[float], norm_range: tuple[float, float],
                      model, train_diameter_px: float, guess_um: float, centre: Sequence[float], *,
-                     device="cpu", flow_scale: float | None = None, norm_clip: bool = False) -> tuple[float, int]:
+                     device="cpu", flow_scale: float | None = None, norm_clip: bool = False,
+                     crop_voxels: int = CROP_VOXELS) -> tuple[float, int]:
     """(median equivalent-sphere diameter in um, number of objects) of the objects the network finds
-    in a crop around `centre` after rescaling objects of `guess_um` to `train_diameter_px`; objects
-    cut by the crop are left out while at least MIN_OBJECTS whole ones remain. (nan, 0) when none."""
+    in a crop of `crop_voxels` iso voxels per axis around `centre` after rescaling objects of `guess_um`
+    to `train_diameter_px`; objects cut by the crop are left out while at least MIN_OBJECTS whole ones
+    remain. (nan, 0) when none."""
     from mediar3d.fuse import fuse_views
     from mediar3d.infer import VIEWS, predict_view
     from mediar3d.reconstruct import masks_from_field
     from mediar3d.resample import iso_voxel_size, resample_to_iso, zoom_factors
 
     zoom = zoom_factors(voxel_size, guess_um, train_diameter_px)
-    box = _crop_box(volume.shape, voxel_size, centre, CROP_VOXELS * iso_voxel_size(voxel_size, guess_um, train_diameter_px))
+    box = _crop_box(volume.shape, voxel_size, centre, crop_voxels * iso_voxel_size(voxel_size, guess_um, train_diameter_px))
     crop = np.asarray(volume[box])
     iso = resample_to_iso(crop, zoom, norm_range=norm_range, clip=norm_clip)
     views = {}
@@ -215,7 +220,7 @@ def measure_diameter(volume: np.ndarray, voxel_size: Sequence[float], norm_range
 def estimate_diameter(volume, voxel_size: Sequence[float], model, train_diameter_px: float,
                       norm_range: tuple[float, float], *, device="cpu", flow_scale: float | None = None,
                       max_iterations: int = 4, start_factor: float = START_FACTOR,
-                      norm_clip: bool = False) -> SizeEstimate:
+                      norm_clip: bool = False, crop_voxels: int = CROP_VOXELS) -> SizeEstimate:
     """Typical object diameter (um) of a raw (Z, Y, X) volume: the image prior, refined by the
     network until the objects it finds have the diameter the volume was rescaled for (within
     TOLERANCE); after `max_iterations` without that, the geometric mean of its measurements."""
@@ -226,7 +231,8 @@ def estimate_diameter(volume, voxel_size: Sequence[float], model, train_diameter
     guess = prior * start_factor
     for _ in range(max_iterations):
         measured, n = measure_diameter(volume, voxel_size, norm_range, model, train_diameter_px, guess, centre,
-                                       device=device, flow_scale=flow_scale, norm_clip=norm_clip)
+                                       device=device, flow_scale=flow_scale, norm_clip=norm_clip,
+                                       crop_voxels=crop_voxels)
         estimate.steps.append((guess, measured, n))
         if n == 0 or not math.isfinite(measured):
             break
