@@ -99,7 +99,7 @@ def error_summary(table: pd.DataFrame, column: str) -> str:
 def compare_settings(items, model, meta, args) -> int:
     """estimate / GT per validation case for each setting (start factor x crop edge) and, for the searches
     that did not converge, each answer they could give (`non_converged_answers`), side by side; the
-    network's seconds per estimate; the summary per column."""
+    objects of the last measurement and the seconds per estimate; the summary per column."""
     settings = [(factor, crop, f"start x{factor:g}, crop {crop}") for factor in args.start_factors
                 for crop in args.crop_voxels]
     rows = []
@@ -110,6 +110,7 @@ def compare_settings(items, model, meta, args) -> int:
             t0 = time.perf_counter()
             found = estimate_frame_diameter(img, voxel, model, meta, start_factor=factor, crop_voxels=crop)
             row[f"{label}: seconds"] = time.perf_counter() - t0
+            row[f"{label}: objects"] = found.steps[-1][2] if found.steps else 0
             row[f"{label}: estimate / GT"] = found.diameter_um / row["GT um"]
             for answer, value in non_converged_answers(found).items():
                 row[f"{label}, not converged -> {answer}: estimate / GT"] = value / row["GT um"]
@@ -122,8 +123,9 @@ def compare_settings(items, model, meta, args) -> int:
     for _, _, label in settings:
         for volumes, rows in table.groupby("volumes", sort=False):
             lines.append(f"- {label}, {volumes} volumes: |estimate / GT - 1| "
-                         f"{error_summary(rows, f'{label}: estimate / GT')}; seconds per estimate: median "
-                         f"{rows[f'{label}: seconds'].median():.1f}")
+                         f"{error_summary(rows, f'{label}: estimate / GT')}; objects in the last measurement "
+                         f"{rows[f'{label}: objects'].min()}-{rows[f'{label}: objects'].max()}; seconds per "
+                         f"estimate: median {rows[f'{label}: seconds'].median():.1f}")
     for column in [c for c in table.columns if "not converged ->" in c]:
         lines.append(f"- {column.removesuffix(': estimate / GT')}: |estimate / GT - 1| {error_summary(table, column)}")
     for _, _, label in settings:
