@@ -38,10 +38,10 @@ PERCENTILE = 99.5
 #: image prior x this = equivalent-sphere diameter (fitted on synthetic validation volumes, seeds 1900+)
 LOG_CALIBRATION = 1.0
 #: edge of the crop the network measures on, in isotropic voxels at the current guess (a multiple of
-#: 32, the network's size multiple: no padding; 96 = 6.9 objects of 14 px, 25-50 whole ones in packed
-#: volumes). On validation volumes of 256 x 256 px (seeds 1901+, rescaled 0.71-1.41x) 64 measured 4-18
-#: whole objects and missed the truth by up to 37% (3 of 21 outside 15%); 96 kept all within 9.2% at
-#: 1.5x the time, 128 within 7.5% at 2.3x (bench/results/bench_diameter_crop.md)
+#: 32, the network's size multiple: no padding; 96 = 6.9 objects of 14 px). On 50 validation fields of
+#: view of 256 px (seeds 1901-1902, rescaled 0.5-2x) 64 measured 3-18 objects and missed the truth by up
+#: to 37% (3 outside 15%); 96 measured 20-53 and stayed within 8.5% at 1.6x the time; 128 was no better
+#: (within 8.4%) at 2.4x (bench/results/bench_diameter_crop.md)
 CROP_VOXELS = 96
 #: edge of the region `densest_centre` looks for, in object diameters
 CROP_DIAMETERS = 4.5

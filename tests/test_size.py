@@ -176,8 +176,8 @@ def test_a_step_without_objects_ends_the_search_and_the_measurements_before_it_a
 
 def test_the_network_measures_dozens_of_whole_objects_on_its_default_crop(tmp_path):
     """On a field of view larger than the crop, the default crop (CROP_VOXELS iso voxels per axis) holds
-    at least twice the whole objects of the former 64-voxel one, and 20 or more: the median of 4-18
-    objects had missed the truth by up to 37% on validation volumes of this size."""
+    at least twice the whole objects of the former 64-voxel one, and 20 or more: the median of 3-18
+    objects had missed the truth by up to 37% on validation fields of view of 256 px."""
     import torch
 
     from mediar3d.infer import load_model
