@@ -4,9 +4,9 @@ Held-out synthetic volumes (seeds 0-2, never used for training or tuning; frame 
 rescaled by 0.5-2x, the range the floor is set on, and by 3-4x, reported apart (image trilinear, GT
 nearest; the voxel size is kept, so the objects' size in um changes with them). Two sets of volumes:
 `small` ones of 96-128 px across (10-20 objects: the network's crop covers most of them) and `large`
-ones of 256 px across, the size of a real field of view, where the crop holds a sample of the objects. For each: the GT's
-median equivalent-sphere diameter, the image prior, the final estimate (prior + network) and their
-ratios to the truth, and the time. For a subset, 3D SEG of the whole pipeline
+ones of 256 px across, the size of a real field of view, where the crop holds a sample of the objects.
+For each: the GT's median equivalent-sphere diameter, the image prior, the final estimate (prior +
+network) and their ratios to the truth, and the time. For a subset, 3D SEG of the whole pipeline
 (`mediar3d.pipeline.segment_volume`) with the estimate and with the true diameter. The real BBBC050
 volumes are listed as they are. Results: bench/results/bench_diameter.md.
 
@@ -51,8 +51,8 @@ from bench_error_budget import BBBC050, load_case, synthetic_case  # noqa: E402
 CASES = {
     "small": [("zebrafish", 0, 4, (16, 96, 96)), ("zebrafish", 1, 8, (16, 96, 96)), ("sparse", 0, 2, (16, 96, 96)),
               ("celegans", 0, 10, (10, 128, 128)), ("thin", 0, 5, (6, 128, 128))],
-    "large": [("zebrafish", 0, 4, (32, 256, 256)), ("zebrafish", 1, 8, (16, 256, 256)), ("sparse", 0, 2, (48, 256, 256)),
-              ("celegans", 0, 10, (16, 256, 256)), ("thin", 0, 5, (6, 256, 256))],
+    "large": [("zebrafish", 0, 4, (32, 256, 256)), ("zebrafish", 1, 8, (16, 256, 256)),
+              ("sparse", 0, 2, (48, 256, 256)), ("celegans", 0, 10, (16, 256, 256)), ("thin", 0, 5, (6, 256, 256))],
 }
 #: the validation seeds standing in for 0-2 in `--validation`
 VALIDATION_SEED = 1901

@@ -197,7 +197,8 @@ def measure_diameter(volume: np.ndarray, voxel_size: Sequence[float], norm_range
     from mediar3d.resample import iso_voxel_size, resample_to_iso, zoom_factors
 
     zoom = zoom_factors(voxel_size, guess_um, train_diameter_px)
-    box = _crop_box(volume.shape, voxel_size, centre, crop_voxels * iso_voxel_size(voxel_size, guess_um, train_diameter_px))
+    iso_um = iso_voxel_size(voxel_size, guess_um, train_diameter_px)
+    box = _crop_box(volume.shape, voxel_size, centre, crop_voxels * iso_um)
     crop = np.asarray(volume[box])
     iso = resample_to_iso(crop, zoom, norm_range=norm_range, clip=norm_clip)
     views = {}
@@ -213,7 +214,6 @@ def measure_diameter(volume: np.ndarray, voxel_size: Sequence[float], norm_range
     if ids.size == 0:
         return float("nan"), 0
     voxels = np.bincount(labels.ravel())[ids]
-    iso_um = iso_voxel_size(voxel_size, guess_um, train_diameter_px)
     return float(np.median(np.cbrt(6.0 * voxels / math.pi)) * iso_um), int(ids.size)
 
 
