@@ -13,14 +13,14 @@ volumes are listed as they are. Results: bench/results/bench_diameter.md.
     .venv/bin/python bench/bench_diameter.py [--model models/mediar3d_default.pt] [--seg-scales 0.5 1 2]
 
 `--validation` runs the same cases on validation seeds (1901+, never test seeds; `--validation-sets`
-sets of them) and compares the estimator's settings (`--start-factors` x `--crop-voxels`) side by side, and for each the
-answer when the search does not converge (the geometric mean of its measurements,
+sets of them) and compares the estimator's settings (`--start-factors` x `--crop-voxels`) side by side,
+and for each the answer when the search does not converge (the geometric mean of its measurements,
 `mediar3d.size.geometric_mean`, vs the last one or the one closest to its own scale, from the same
 steps): that is where `mediar3d.size.START_FACTOR`, `CROP_VOXELS` and the non-converged answer were
 chosen. Results: bench/results/bench_diameter_validation.md (start factors, one set, small volumes),
 bench/results/bench_diameter_nonconverged.md (`--validation-sets 10 --start-factors 1.25`: the
-non-converged answer) and bench/results/bench_diameter_crop.md (`--sets large --start-factors 1.25
---crop-voxels 64 96 128`: the crop).
+non-converged answer) and bench/results/bench_diameter_crop.md (`--validation-sets 2 --start-factors
+1.25 --crop-voxels 64 96 128`: the crop).
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="default bench/results/bench_diameter.md (_validation.md with --validation)")
     parser.add_argument("--validation", action="store_true",
-                        help="validation seeds; compare --start-factors instead of measuring SEG")
+                        help="validation seeds; compare --start-factors x --crop-voxels instead of measuring SEG")
     parser.add_argument("--start-factors", type=float, nargs="+", default=[1.0, START_FACTOR, 1.5])
     parser.add_argument("--validation-sets", type=int, default=1,
                         help="with --validation: sets of validation seeds (set k: 1901 + k + the case's seed)")

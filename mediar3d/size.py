@@ -10,8 +10,8 @@ Two steps:
    -> infer -> fuse -> reconstruct) on a crop some 7 diameters wide (dozens of nuclei) around the
    densest region, at the current guess. The median equivalent-sphere diameter of the objects it
    finds, in um, is the next guess; this repeats until the guess agrees with the measurement (objects
-   come out at the training diameter). The prior keeps the search near the right scale: a network far off its
-   training scale finds texture specks or merged clusters and would mislead a search on its own.
+   come out at the training diameter). The prior keeps the search near the right scale: a network far
+   off its training scale finds texture specks or merged clusters and would mislead a search on its own.
 
 All diameters are equivalent-sphere diameters of the median object in um, the quantity
 `mediar3d.resample.diameter_from_labels` measures on ground truth and training rescales by.
