@@ -103,8 +103,8 @@ def compare_settings(items, model, meta, args) -> int:
     settings = [(factor, crop, f"start x{factor:g}, crop {crop}") for factor in args.start_factors
                 for crop in args.crop_voxels]
     rows = []
-    for name, scale, img, lab, voxel in items:
-        row = {"case": name, "volumes": name.rsplit(" ", 1)[-1], "scale": scale, "shape": "x".join(map(str, img.shape)),
+    for name, volumes, scale, img, lab, voxel, _ in items:
+        row = {"case": name, "volumes": volumes, "scale": scale, "shape": "x".join(map(str, img.shape)),
                "GT um": diameter_from_labels(lab, voxel)}
         for factor, crop, label in settings:
             t0 = time.perf_counter()
@@ -181,17 +181,17 @@ def main() -> int:
                 for scale in SCALES[volumes]:
                     img = image if scale == 1 else ndi.zoom(image.astype(np.float32), scale, order=1)
                     lab = gt if scale == 1 else ndi.zoom(gt, scale, order=0)
-                    items.append((f"{name} {volumes}", scale, img, lab, voxel, scale in seg_scales[volumes]))
+                    items.append((f"{name} {volumes}", volumes, scale, img, lab, voxel, scale in seg_scales[volumes]))
     if args.validation:
-        return compare_settings([item[:5] for item in items], model, meta, args)
+        return compare_settings(items, model, meta, args)
     if BBBC050.is_dir():
-        items += [(f"bbbc050 t{t}", 1.0, *load_case(BBBC050, t), True) for t in (0, 1)]
+        items += [(f"bbbc050 t{t}", "real", 1.0, *load_case(BBBC050, t), True) for t in (0, 1)]
     rows = []
-    for name, scale, img, lab, voxel, with_seg in items:
+    for name, volumes, scale, img, lab, voxel, with_seg in items:
         truth = diameter_from_labels(lab, voxel)
         t0 = time.perf_counter()
         found = estimate_frame_diameter(img, voxel, model, meta)
-        row = {"case": name, "scale": scale, "shape": "x".join(map(str, img.shape)), "GT um": truth,
+        row = {"case": name, "volumes": volumes, "scale": scale, "shape": "x".join(map(str, img.shape)), "GT um": truth,
                "prior um": found.prior_um, "prior / GT": found.prior_um / truth, "estimate um": found.diameter_um,
                "estimate / GT": found.diameter_um / truth, "network steps": len(found.steps),
                "seconds": time.perf_counter() - t0}
@@ -202,7 +202,7 @@ def main() -> int:
         rows.append(row)
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     table = pd.DataFrame(rows)
-    synthetic = table[~table["case"].str.startswith("bbbc050")]
+    synthetic = table[table["volumes"] != "real"]
     floor = synthetic[synthetic["scale"] <= FLOOR_SCALES[1]]
     within = (floor["estimate / GT"] - 1).abs()
     lines = header(f"Diameter estimate ({args.model.name})")
@@ -212,12 +212,12 @@ def main() -> int:
               f"{floor['prior / GT'].min():.3f} to {floor['prior / GT'].max():.3f}.",
               f"All synthetic scales, |estimate / GT - 1|: {error_summary(synthetic, 'estimate / GT')}.",
               *(f"{volumes.capitalize()} volumes, |estimate / GT - 1|: "
-                f"{error_summary(synthetic[synthetic['case'].str.endswith(volumes)], 'estimate / GT')}."
+                f"{error_summary(synthetic[synthetic['volumes'] == volumes], 'estimate / GT')}."
                 for volumes in args.sets),
               *([f"SEG with the estimate minus SEG with the true diameter: largest drop "
                  f"{-table['SEG difference'].min():.3f}, mean {table['SEG difference'].mean():+.3f}."]
                 if "SEG difference" in table else []), "",
-              table.to_markdown(index=False, floatfmt=".3f"), ""]
+              table.drop(columns="volumes").to_markdown(index=False, floatfmt=".3f"), ""]
     write_report(args.out, lines)
     return 0
 
