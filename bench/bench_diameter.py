@@ -23,7 +23,8 @@ steps): that is where `mediar3d.size.START_FACTOR`, `CROP_VOXELS` and the non-co
 chosen. Results: bench/results/bench_diameter_validation.md (start factors, one set, small volumes),
 bench/results/bench_diameter_nonconverged.md (`--validation-sets 10 --start-factors 1.25`: the
 non-converged answer) and bench/results/bench_diameter_crop.md (`--validation-sets 2 --start-factors
-1.25 --crop-voxels 64 96 128`: the crop).
+1.25 --crop-voxels 64 96 128`: the crop). The first two were made before `rescaled` kept the field of view
+(corner voxels aligned, truth from the zoomed labels); the crop comparison was re-run with it.
 """
 
 from __future__ import annotations
