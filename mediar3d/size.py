@@ -7,7 +7,7 @@ Two steps:
    of Gaussian responds most strongly to bright blobs (Lindeberg's scale selection) on a coarse
    isotropic grid. Within ~15% on the synthetic presets and the real BBBC050 volumes.
 2. `measure_diameter`: the network itself, run through the pipeline's own three-view path (resample
-   -> infer -> fuse -> reconstruct) on a crop some 7 diameters wide (dozens of nuclei) around the
+   -> infer -> fuse -> reconstruct) on a crop some 9 diameters wide (dozens of nuclei) around the
    densest region, at the current guess. The median equivalent-sphere diameter of the objects it
    finds, in um, is the next guess; this repeats until the guess agrees with the measurement (objects
    come out at the training diameter). The prior keeps the search near the right scale: a network far
@@ -38,11 +38,13 @@ PERCENTILE = 99.5
 #: image prior x this = equivalent-sphere diameter (fitted on synthetic validation volumes, seeds 1900+)
 LOG_CALIBRATION = 1.0
 #: edge of the crop the network measures on, in isotropic voxels at the current guess (a multiple of
-#: 32, the network's size multiple: no padding; 96 = 6.9 objects of 14 px). On 50 validation fields of
-#: view of 256 px (seeds 1901-1902, rescaled 0.5-2x) 64 measured 3-18 objects and missed the truth by up
-#: to 37% (3 outside 15%); 96 measured 20-53 and stayed within 8.5% at 1.6x the time; 128 was no better
-#: (within 8.4%) at 2.4x (bench/results/bench_diameter_crop.md)
-CROP_VOXELS = 96
+#: 32, the network's size multiple: no padding; 128 = 9 objects of 14 px). On 50 validation fields of
+#: view of 256 px (seeds 1901-1903, rescaled 0.5-2x, field of view kept) crops of 64 / 96 / 128 measured
+#: 3-19 / 22-53 / 34-118 objects and kept 46 / 49 / 50 of them within 15% (largest error 0.28 / 0.17 /
+#: 0.11, mean 0.056 / 0.037 / 0.032) in a median 2.9 / 4.7 / 6.8 s; on 50 small volumes all three kept
+#: 50. Rule set before the runs: the smallest crop with the most cases within 15% and a mean error
+#: within 0.005 of the best (bench/results/bench_diameter_crop.md)
+CROP_VOXELS = 128
 #: edge of the region `densest_centre` looks for, in object diameters
 CROP_DIAMETERS = 4.5
 #: a guess within this factor of the network's measurement is final
