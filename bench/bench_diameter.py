@@ -211,7 +211,8 @@ def main() -> int:
         t0 = time.perf_counter()
         found = estimate_frame_diameter(img, voxel, model, meta)
         row = {"case": name, "volumes": volumes, "scale": scale, "shape": "x".join(map(str, img.shape)), "GT um": truth,
-               "zoomed GT um": diameter_from_labels(lab, voxel), "prior um": found.prior_um, "prior / GT": found.prior_um / truth, "estimate um": found.diameter_um,
+               "zoomed GT um": diameter_from_labels(lab, voxel), "prior um": found.prior_um,
+               "prior / GT": found.prior_um / truth, "estimate um": found.diameter_um,
                "estimate / GT": found.diameter_um / truth, "network steps": len(found.steps),
                "seconds": time.perf_counter() - t0}
         if with_seg:
