@@ -1,7 +1,7 @@
 """Diameter estimate (`--diameter auto`) against the ground truth's, across object scales.
 
 Held-out synthetic volumes (seeds 0-2, never used for training or tuning; frame 0 with full 3D GT) are
-rescaled by 0.5-2x, the range the floor is set on, and by 3-4x, reported apart (`rescaled`: image
+rescaled by 0.5-2x, the range the floor is set on, and by 3-4x, reported apart (`mediar3d.synthetic.rescaled`: image
 trilinear, GT nearest, the field of view kept; the voxel size is kept, so the objects' size in um changes
 with them). The truth of a rescaled volume is the scale-1 GT's diameter times the zoom the image got; the
 diameter of the zoomed GT labels is listed beside it ("zoomed GT um"): for nuclei one or two planes thick
@@ -48,6 +48,7 @@ from mediar3d.evaluate import evaluate_frame  # noqa: E402
 from mediar3d.infer import load_model  # noqa: E402
 from mediar3d.resample import diameter_from_labels  # noqa: E402
 from mediar3d.size import CROP_VOXELS, START_FACTOR, geometric_mean  # noqa: E402
+from mediar3d.synthetic import rescaled  # noqa: E402
 
 from bench_error_budget import BBBC050, load_case, synthetic_case  # noqa: E402
 
@@ -64,19 +65,6 @@ VALIDATION_SEED = 1901
 SCALES = {"small": (0.5, 0.71, 1.0, 1.41, 2.0, 3.0, 4.0), "large": (0.5, 0.71, 1.0, 1.41, 2.0)}
 #: the scales the floor (within 15% of the truth) is set on; larger ones are reported apart
 FLOOR_SCALES = (0.5, 2.0)
-
-
-def rescaled(image: np.ndarray, gt: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """(image, labels, zoom) of a (Z, Y, X) volume and its GT resampled by `scale` per axis with the
-    field of view kept (grid mode: output shape round(n * scale), voxel centres mapped by n_out / n_in):
-    image trilinear (float32), labels nearest. zoom is the diameter's factor, the cube root of the
-    product of the per-axis n_out / n_in. The default grid (corner voxels aligned) zooms each axis by
-    (n_out - 1) / (n_in - 1) instead: 8 planes to 4 is 0.43x, not 0.5x."""
-    if scale == 1:
-        return image, gt, 1.0
-    img = ndi.zoom(image.astype(np.float32), scale, order=1, grid_mode=True, mode="nearest")
-    lab = ndi.zoom(gt, scale, order=0, grid_mode=True, mode="nearest")
-    return img, lab, float(np.cbrt(np.prod(np.divide(img.shape, image.shape))))
 
 
 def seg_with(image, gt, voxel, model, meta, diameter) -> float:

@@ -243,3 +243,29 @@ def test_thin_preset_cuts_every_nucleus_at_the_top_or_bottom():
     assert len(ids) >= 20 and labels.shape[0] <= 8
     cut = set(np.unique(labels[0])) | set(np.unique(labels[-1]))
     assert ids <= cut
+
+
+def test_rescaled_keeps_the_field_of_view_and_zooms_each_axis_by_its_shape_ratio():
+    """`rescaled` (the diameter estimate's checks): 8 planes to 4 is a 0.5x zoom, output plane k sits at
+    input plane 2k + 0.5 (the corner-aligned grid: 7k / 3), labels stay labels, scale 1 is the input."""
+    from mediar3d.synthetic import jittered_balls, rescaled
+
+    labels = jittered_balls((8, 40, 40), spacing=(4, 10, 10), radius=3.0)
+    image = labels.astype(np.float32) * 100.0
+    img, lab, zoom = rescaled(image, labels, 0.5)
+    assert img.shape == lab.shape == (4, 20, 20) and img.dtype == np.float32
+    assert zoom == 0.5
+    assert set(np.unique(lab)) <= set(np.unique(labels))
+    ramp = np.broadcast_to(np.arange(8, dtype=np.float32)[:, None, None], image.shape)
+    np.testing.assert_allclose(rescaled(ramp, labels, 0.5)[0][:, 10, 10], [0.5, 2.5, 4.5, 6.5], atol=1e-5)
+    same = rescaled(image, labels, 1)
+    assert same[0] is image and same[1] is labels and same[2] == 1.0
+
+
+def test_rescaled_zoom_follows_the_rounded_shapes():
+    from mediar3d.synthetic import jittered_balls, rescaled
+
+    labels = jittered_balls((11, 68, 68), spacing=(6, 17, 17), radius=4.0)
+    img, _, zoom = rescaled(labels.astype(np.float32), labels, 1.41)
+    assert img.shape == (16, 96, 96)
+    np.testing.assert_allclose(zoom, np.cbrt(16 / 11 * (96 / 68) ** 2))
