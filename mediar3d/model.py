@@ -305,7 +305,9 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise InputError(path, f"not a readable model checkpoint ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0]  # torch's messages run to many lines
+        raise InputError(path, f"not a readable model checkpoint: truncated, corrupt or not a torch file "
+                               f"({type(exc).__name__}: {first})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, f"not a mediar3d checkpoint (expected format {CHECKPOINT_FORMAT!r})"
                                + raw_state_dict_hint(path, payload))

@@ -90,8 +90,13 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(InputError, match=str(bad)):
+    with pytest.raises(InputError, match=str(bad)) as err:
         load_checkpoint(bad)
+    assert len(str(err.value).splitlines()) == 1
+    bad.write_bytes(b"not a checkpoint")  # torch's own message for this one runs to six lines
+    with pytest.raises(InputError, match="truncated, corrupt or not a torch file") as err:
+        load_checkpoint(bad)
+    assert len(str(err.value).splitlines()) == 1
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
     with pytest.raises(InputError, match="not a mediar3d checkpoint"):
