@@ -81,19 +81,25 @@ def _agreeing(meta: Mapping, key: str):
     return float(value) if value else None
 
 
+def check_agreement(specs: Sequence[str], metas: Sequence[Mapping], subject: str, reason: str) -> None:
+    """InputError naming the key and the models (`subject`, e.g. "ensemble members") unless every model
+    agrees on `AGREEING_KEYS` (defaults filled in); `reason` says why they must."""
+    for key in AGREEING_KEYS:
+        values = [_agreeing(m, key) for m in metas]
+        if len(set(values)) > 1:
+            listing = ", ".join(f"{s} has {v}" for s, v in zip(specs, values))
+            raise InputError(None, f"{subject} disagree on {key} ({listing}): {reason}")
+
+
 def merge_meta(specs: Sequence[str], metas: Sequence[Mapping]) -> dict:
     """One metadata for an ensemble: the first member's, after checking that every member agrees on
     `AGREEING_KEYS` (InputError naming the key and the members otherwise); a calibrated
     `prob_threshold` is kept only where all members share it."""
     if len(metas) == 1:
         return dict(metas[0])
-    for key in AGREEING_KEYS:
-        values = [_agreeing(m, key) for m in metas]
-        if len(set(values)) > 1:
-            listing = ", ".join(f"{s} has {v}" for s, v in zip(specs, values))
-            raise InputError(None, f"ensemble members disagree on {key} ({listing}): an ensemble averages its "
-                                   "members' outputs on one normalized, rescaled volume, so they must share flow "
-                                   "scale, normalization, training diameter and input planes (context_px)")
+    check_agreement(specs, metas, "ensemble members", "an ensemble averages its members' outputs on one "
+                    "normalized, rescaled volume, so they must share flow scale, normalization, training "
+                    "diameter and input planes (context_px)")
     merged = dict(metas[0])
     thresholds = {m.get("prob_threshold") for m in metas}
     if len(thresholds) > 1:

@@ -90,7 +90,8 @@ def mediar_layout(state: Mapping[str, torch.Tensor], source=None) -> tuple[str, 
     return encoder, decoders[0]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -125,7 +126,7 @@ def import_mediar(pth: str | os.PathLike, out: str | os.PathLike, diameter_px: f
         "norm_percentiles": [float(p) for p in percentiles],
         "train_diameter_px": float(diameter_px),
         "training_data": {"source": "MEDIAR weights imported with `mediar3d import-mediar`"},
-        "imported_from": {"format": "MEDIAR state dict", "file": pth.name, "sha256": _sha256(pth),
+        "imported_from": {"format": "MEDIAR state dict", "file": pth.name, "sha256": file_sha256(pth),
                           "stem": "3-channel stem summed over its input channels"},
         "source_inference": dict(MEDIAR_INFERENCE),
     }

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "to-omezarr": ("omezarr", "convert a CTC sequence (and its GT) to OME-Zarr"),
     "train": ("train", "train the 2D MEDIAR network on xy/xz/yz slices of annotated volumes"),
     "import-mediar": ("import_mediar", "convert MEDIAR's own weights (.pth) into a mediar3d checkpoint"),
+    "average-weights": ("average", "average the weights of checkpoints fine-tuned from one initialization"),
     "resample": ("resample", "normalize a frame and resample it to isotropic voxels (zarr)"),
     "infer": ("infer", "run the 2D network on every xy, xz and yz slice (zarr)"),
     "fuse": ("fuse", "fuse the three views into one (dz, dy, dx, prob) flow field (zarr)"),
