@@ -34,8 +34,11 @@ def test_every_command_module_is_a_listed_subcommand():
 
 def test_help_lists_every_stage_and_each_stage_has_help():
     out = subprocess.run([sys.executable, "-m", "mediar3d", "--help"], capture_output=True, text=True, check=True).stdout
-    for name, (_, help_text) in COMMANDS.items():
-        assert f"  {name:<12} {help_text}" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and line.split()[0] in COMMANDS}
+    assert lines.keys() == COMMANDS.keys()
+    assert all(lines[name].endswith(" " + help_text) for name, (_, help_text) in COMMANDS.items())
+    columns = {lines[name].index(help_text) for name, (_, help_text) in COMMANDS.items()}
+    assert len(columns) == 1, "the stages' help is not aligned"
     for name in COMMANDS:
         with pytest.raises(SystemExit) as done:
             main([name, "--help"])

@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: column of the subcommands' help in `mediar3d --help`
+_NAME_WIDTH = max(map(len, COMMANDS))
+
+
 def _parser_for(name: str) -> tuple[argparse.ArgumentParser, object]:
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(f"mediar3d.cli.{module_name}")
@@ -56,7 +60,7 @@ def _top_parser() -> argparse.ArgumentParser:
         prog="mediar3d",
         description="3D+t cell segmentation with MEDIAR on three reslice views.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="stages:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items())
+        epilog="stages:\n" + "\n".join(f"  {n:<{_NAME_WIDTH}} {h}" for n, (_, h) in COMMANDS.items())
         + "\n\n'mediar3d STAGE --help' shows a stage's options.",
     )
     parser.add_argument("--version", action="version", version=f"mediar3d {__version__}")
