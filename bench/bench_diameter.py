@@ -20,11 +20,12 @@ sets of them) and compares the estimator's settings (`--start-factors` x `--crop
 and for each the answer when the search does not converge (the geometric mean of its measurements,
 `mediar3d.size.geometric_mean`, vs the last one or the one closest to its own scale, from the same
 steps): that is where `mediar3d.size.START_FACTOR`, `CROP_VOXELS` and the non-converged answer were
-chosen. Results: bench/results/bench_diameter_validation.md (start factors, one set, small volumes),
-bench/results/bench_diameter_nonconverged.md (`--validation-sets 10 --start-factors 1.25`: the
-non-converged answer) and bench/results/bench_diameter_crop.md (`--validation-sets 2 --start-factors
-1.25 --crop-voxels 64 96 128`: the crop). The first two were made before `rescaled` kept the field of view
-(corner voxels aligned, truth from the zoomed labels); the crop comparison was re-run with it.
+chosen. Results: bench/results/bench_diameter_crop.md (`--validation-sets 2 --sets small large
+--start-factors 1.25 --crop-voxels 64 96 128`: the crop), bench/results/bench_diameter_validation.md
+(`--validation-sets 2 --sets small large --start-factors 1 1.25 1.5 --crop-voxels 128`: the start factor
+re-checked with the chosen crop) and bench/results/bench_diameter_nonconverged.md (`--validation-sets 10
+--start-factors 1.25`: the non-converged answer; made before `rescaled` kept the field of view, with the
+64-voxel crop).
 """
 
 from __future__ import annotations
