@@ -39,7 +39,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from benchutil import header, write_report  # noqa: E402  (bench/ is the script's folder)
-from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -100,14 +100,20 @@ def merge_meta(specs: Sequence[str], metas: Sequence[Mapping]) -> dict:
     check_agreement(specs, metas, "ensemble members", "an ensemble averages its members' outputs on one "
                     "normalized, rescaled volume, so they must share flow scale, normalization, training "
                     "diameter and input planes (context_px)")
-    merged = dict(metas[0])
-    thresholds = {m.get("prob_threshold") for m in metas}
-    if len(thresholds) > 1:
-        merged.pop("prob_threshold", None)
-        log.info("ensemble members have different calibrated prob_threshold %s: using the default", sorted(
-            thresholds, key=str))
+    merged = drop_unshared_threshold(dict(metas[0]), metas, "ensemble members")
     merged["members"] = list(specs)
     return merged
+
+
+def drop_unshared_threshold(meta: dict, metas: Sequence[Mapping], subject: str) -> dict:
+    """`meta` without its calibrated `prob_threshold` unless every one of `metas` has the same one
+    (a model made of several is calibrated as a whole, or the pipeline's default applies)."""
+    thresholds = {m.get("prob_threshold") for m in metas}
+    if len(thresholds) > 1:
+        meta.pop("prob_threshold", None)
+        log.info("%s have different calibrated prob_threshold %s: using the default; choose one on validation "
+                 "volumes (bench/tune_postprocess.py --write)", subject, sorted(thresholds, key=str))
+    return meta
 
 
 def model_meta(model) -> dict:

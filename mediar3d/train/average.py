@@ -81,6 +81,7 @@ def averaged_state(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, to
 def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
     """Write to `out` the checkpoint whose weights average those of `paths` (two or more mediar3d
     checkpoints of one network, see the module docstring); returns `out`."""
+    from mediar3d.backends import drop_unshared_threshold
     from mediar3d.io.atomic import atomic_path
     from mediar3d.model import read_checkpoint
 
@@ -93,12 +94,8 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path) -> Path:
     if len(inits) > 1:
         log.warning("the checkpoints started from different weights (%s): averaging is meant for fine-tunes of "
                     "one initialization", ", ".join(sorted(map(str, inits))))
-    meta = {k: v for k, v in payloads[0]["meta"].items() if k not in RUN_KEYS}
-    thresholds = {p["meta"].get("prob_threshold") for p in payloads}
-    if len(thresholds) > 1:
-        meta.pop("prob_threshold", None)
-        log.info("the checkpoints have different calibrated prob_threshold %s: none is kept; choose it on "
-                 "validation volumes (bench/tune_postprocess.py --write)", sorted(thresholds, key=str))
+    meta = drop_unshared_threshold({k: v for k, v in payloads[0]["meta"].items() if k not in RUN_KEYS},
+                                   [p["meta"] for p in payloads], "the averaged checkpoints")
     meta["weight_average_of"] = [_source_record(p, q["meta"]) for p, q in zip(paths, payloads)]
     payload = {**payloads[0], "meta": meta, "state_dict": averaged_state([p["state_dict"] for p in payloads])}
     payload.pop("extra", None)
